@@ -1,0 +1,51 @@
+# Coppice: the two commands that matter are `make run` and `make test` (see README.md).
+# Both install their own dependencies from Debian's mirror (as root) and build with CMake+Ninja.
+
+BUILD ?= build
+DATA ?= $(CURDIR)/.data
+LISTEN ?= 127.0.0.1:8080
+JOBS ?= $(shell nproc)
+
+DEB_PACKAGES := build-essential cmake ninja-build pkg-config git \
+  libboost-dev nlohmann-json3-dev libsqlite3-dev libssl-dev zlib1g-dev libzstd-dev \
+  libseccomp-dev libarchive-dev libre2-dev libspdlog-dev libfmt-dev libcli11-dev \
+  libcurl4-openssl-dev libgtest-dev libgmock-dev libbenchmark-dev clang-format \
+  busybox-static python3 python3-pytest curl
+
+.PHONY: deps build run test unit integration asan bench format clean
+
+deps:
+	@./scripts/install-deps.sh $(DEB_PACKAGES)
+
+$(BUILD)/build.ninja:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD) -j $(JOBS)
+
+# Sets up a data directory with busybox:latest and a token, then serves on $(LISTEN).
+run: build
+	./scripts/run-server.sh $(BUILD)/coppiced $(DATA) $(LISTEN)
+
+# Every test: unit tests (GoogleTest), then integration tests against the real server (pytest).
+test: build
+	cd $(BUILD) && ctest --output-on-failure
+	COPPICED=$(CURDIR)/$(BUILD)/coppiced python3 -m pytest -q tests/integration
+
+unit: build
+	$(BUILD)/coppice_unit_tests
+
+# The sanitizer build (ASan+UBSan) of the unit tests; CI runs it too.
+asan: deps
+	cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCOPPICE_SANITIZE=ON
+	ninja -C build-asan -j $(JOBS) coppice_unit_tests
+	build-asan/coppice_unit_tests
+
+bench: build
+	./bench/run.sh $(BUILD)
+
+format:
+	clang-format -i $$(git ls-files '*.cc' '*.h')
+
+clean:
+	rm -rf $(BUILD) build-asan

@@ -1,0 +1,148 @@
+// The sandbox runtime interface: run one command in an isolated root filesystem made of
+// read-only image layers plus a fresh writable upper directory, and report what happened.
+//
+// Contract shared by every runtime (namespace today; gVisor and microVM later):
+//  * The root filesystem is overlayfs(lowers = spec.lower_layers, upper = run_dir/upper,
+//    work = run_dir/work) mounted with `userxattr`, so whiteouts are 0:0 character devices and
+//    opaque directories carry `user.overlay.opaque=y`.
+//  * When run() returns, no process of the sandbox is alive, nothing is mounted, and
+//    run_dir/upper holds exactly the filesystem changes of the run (the caller may rename it
+//    into the image store). Mount-point directories the runtime had to create are removed
+//    from the upper again.
+//  * Sandbox uid/gid 0..range-1 map to host ids uid_base..uid_base+range-1; layers are stored
+//    with those shifted host ids.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/fd.h"
+
+namespace coppice::sandbox {
+
+namespace fs = std::filesystem;
+
+// A file placed into the sandbox before the command starts.
+struct FileInjection {
+  std::string path;     // absolute path inside the sandbox; parent dirs are created (0755)
+  fs::path host_blob;   // host file to copy from
+  uint32_t mode = 0644; // permission bits
+  uint32_t uid = 0;     // sandbox uid/gid
+  uint32_t gid = 0;
+};
+
+struct Limits {
+  uint64_t memory_bytes = 0;  // 0 = server default
+  uint64_t pids = 0;          // 0 = server default
+  double cpus = 0;            // CPU quota in cores; 0 = unlimited
+};
+
+struct RunSpec {
+  std::vector<fs::path> lower_layers;  // top-most first; at most 500
+  fs::path run_dir;                    // private to this run; upper/ work/ merged/ made inside
+  std::vector<std::string> argv;       // argv[0]: absolute path, or a name searched in PATH
+  std::vector<std::string> env;        // "KEY=VALUE"
+  std::string cwd = "/";
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  std::string hostname = "sandbox";
+  std::string stdin_data;              // written to the command's stdin, then EOF
+  std::vector<FileInjection> files;
+  std::chrono::milliseconds timeout{60000};
+  uint64_t truncate_output_at = 1 << 20;  // per stream; output beyond is counted, not kept
+  Limits limits;
+};
+
+enum class Stream { kStdout, kStderr };
+
+// Receives what happens during a run, on the thread that called run().
+class RunObserver {
+ public:
+  virtual ~RunObserver() = default;
+  // The command was exec'd (or is about to be) with this pid inside the sandbox.
+  virtual void on_spawn(int pid) = 0;
+  // A chunk of output, within the truncate_output_at budget of that stream. Chunks of one
+  // stream arrive in order; each is at most 64 KiB.
+  virtual void on_output(Stream s, std::string_view chunk) = 0;
+};
+
+// Resource accounting of a finished run (rusage of every reaped process plus cgroup data).
+struct Resources {
+  double elapsed_s = 0;
+  int64_t user_time_us = 0;
+  int64_t sys_time_us = 0;
+  int64_t max_rss_kb = 0;      // largest single process (ru_maxrss)
+  int64_t memory_peak_bytes = 0;  // cgroup peak (includes page cache), 0 if unknown
+  int64_t shared_memory = 0;
+  int64_t unshared_memory = 0;
+  int64_t swaps = 0;
+  int64_t minor_faults = 0;
+  int64_t major_faults = 0;
+  int64_t voluntary_ctx_switches = 0;
+  int64_t involuntary_ctx_switches = 0;
+  int64_t block_input_ops = 0;
+  int64_t block_output_ops = 0;
+  int64_t ipc_msgs_sent = 0;
+  int64_t ipc_msgs_received = 0;
+  int64_t signals_received = 0;
+};
+
+struct RunResult {
+  int pid = 0;             // pid of the command inside the sandbox
+  int exit_code = -1;      // exit status, or 128+signal when killed (shell convention)
+  int signal = -1;         // terminating signal, -1 when it exited normally
+  bool core_dump = false;
+  bool timed_out = false;  // killed because spec.timeout passed
+  bool cancelled = false;  // killed because the cancel token fired
+  bool oom_killed = false; // the memory limit's OOM killer fired
+  uint64_t stdout_bytes = 0;  // total produced, kept or not
+  uint64_t stderr_bytes = 0;
+  Resources resources;
+};
+
+// Wakes a running sandbox so that it is killed. Thread-safe; cancel() may come before run().
+class CancelToken {
+ public:
+  CancelToken();
+  void cancel();
+  bool cancelled() const { return cancelled_.load(); }
+  int fd() const { return efd_.get(); }  // readable once cancelled (an eventfd)
+
+ private:
+  std::atomic<bool> cancelled_{false};
+  UniqueFd efd_;
+};
+
+class Runtime {
+ public:
+  virtual ~Runtime() = default;
+  virtual std::string name() const = 0;
+  // Runs the spec to completion. Throws coppice::Error when the sandbox could not be set up
+  // (a platform failure); a command that fails to exec reports exit_code 127 and a message
+  // on stderr instead.
+  virtual RunResult run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) = 0;
+};
+
+struct NamespaceConfig {
+  uid_t uid_base = 100000;   // host uid/gid of sandbox root
+  uid_t uid_range = 65536;
+  uint64_t default_memory_bytes = 1ull << 30;
+  uint64_t default_pids = 1024;
+  std::string cgroup_name = "coppice";  // sub-cgroup created below our own in each hierarchy
+};
+
+// The default runtime: Linux namespaces + overlayfs + seccomp + cgroups, implemented in-process.
+// Construction detects the cgroup hierarchies available and kills/removes the run cgroups a
+// previous server process left behind (startup recovery).
+std::unique_ptr<Runtime> make_namespace_runtime(const NamespaceConfig& cfg);
+
+}  // namespace coppice::sandbox
