@@ -1,0 +1,1 @@
+// Operation engine (see engine/*.h).
