@@ -1,0 +1,599 @@
+#include "engine/engine.h"
+
+#include <dirent.h>
+#include <sys/utsname.h>
+
+#include <set>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "common/ids.h"
+#include "store/layer_view.h"
+
+namespace coppice::engine {
+
+using json = nlohmann::json;
+using store::ImageRecord;
+using store::OperationRecord;
+
+namespace {
+
+constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+bool is_terminal(const std::string& s) {
+  return s == "SUCCESS" || s == "FAILED" || s == "CANCELLED";
+}
+
+std::string base64(std::string_view in) {
+  static constexpr char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
+    out += tbl[v >> 18];
+    out += tbl[(v >> 12) & 63];
+    out += tbl[(v >> 6) & 63];
+    out += tbl[v & 63];
+  }
+  if (i < in.size()) {
+    uint32_t v = uint8_t(in[i]) << 16;
+    if (i + 1 < in.size()) v |= uint8_t(in[i + 1]) << 8;
+    out += tbl[v >> 18];
+    out += tbl[(v >> 12) & 63];
+    out += i + 1 < in.size() ? tbl[(v >> 6) & 63] : '=';
+    out += '=';
+  }
+  return out;
+}
+
+bool printable(std::string_view s) {
+  for (unsigned char c : s)
+    if (!((c >= 0x20 && c < 0x7f) || c == '\n' || c == '\t' || c == '\r')) return false;
+  return true;
+}
+
+json event_resources(const sandbox::Resources& r) {
+  return {{"user_time_us", r.user_time_us},
+          {"sys_time_us", r.sys_time_us},
+          {"max_rss_kb", r.max_rss_kb},
+          {"shared_memory", r.shared_memory},
+          {"unshared_memory", r.unshared_memory},
+          {"swaps", r.swaps},
+          {"minor_faults", r.minor_faults},
+          {"major_faults", r.major_faults},
+          {"voluntary_ctx_switches", r.voluntary_ctx_switches},
+          {"involuntary_ctx_switches", r.involuntary_ctx_switches},
+          {"block_input_ops", r.block_input_ops},
+          {"block_output_ops", r.block_output_ops},
+          {"ipc_msgs_sent", r.ipc_msgs_sent},
+          {"ipc_msgs_received", r.ipc_msgs_received},
+          {"signals_received", r.signals_received}};
+}
+
+bool dir_is_empty(const std::filesystem::path& p) {
+  DIR* d = ::opendir(p.c_str());
+  if (!d) return true;
+  bool empty = true;
+  while (dirent* e = ::readdir(d)) {
+    std::string_view n = e->d_name;
+    if (n != "." && n != "..") {
+      empty = false;
+      break;
+    }
+  }
+  ::closedir(d);
+  return empty;
+}
+
+// Chunks of output beyond this size are split into several stdout/stderr events.
+constexpr size_t kMaxEventChunk = 64 * 1024;
+
+// Collects what the sandbox reports into events and the kept output.
+class EventObserver final : public sandbox::RunObserver {
+ public:
+  EventObserver(LiveOperation& op, const SpawnRequest& req) : op_(op), req_(req) {}
+  void on_spawn(int pid) override {
+    pid_ = pid;
+    auto argv = req_.argv();
+    json env = json::object();
+    for (const auto& [k, v] : req_.env) {
+      if (!v) continue;
+      std::string lk = k;
+      for (auto& c : lk) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      bool secret = false;
+      for (const char* s : {"token", "secret", "password", "api_key", "credentials", "authorization"})
+        if (lk.size() >= strlen(s) && lk.compare(lk.size() - strlen(s), strlen(s), s) == 0)
+          secret = true;
+      env[k] = secret ? "<REDACTED>" : *v;
+    }
+    op_.set_status("EXECUTING");
+    op_.append(1, "spawn",
+               {{"pid", pid},
+                {"command", argv[0]},
+                {"args", std::vector<std::string>(argv.begin() + 1, argv.end())},
+                {"shell", req_.shell},
+                {"cwd", req_.cwd.empty() ? "/" : req_.cwd},
+                {"uid", req_.uid},
+                {"gid", req_.gid},
+                {"timeout", req_.timeout_s},
+                {"truncate_at", req_.truncate_output_at},
+                {"env", env}});
+  }
+  void on_output(sandbox::Stream s, std::string_view chunk) override {
+    std::string& buf = s == sandbox::Stream::kStdout ? out_ : err_;
+    buf.append(chunk);
+    for (size_t off = 0; off < chunk.size(); off += kMaxEventChunk) {
+      std::string_view part = chunk.substr(off, kMaxEventChunk);
+      bool ascii = printable(part);
+      op_.append(1, s == sandbox::Stream::kStdout ? "stdout" : "stderr",
+                 {{"value", ascii ? std::string(part) : base64(part)},
+                  {"encoding", ascii ? "ascii" : "base64"}});
+    }
+  }
+  int pid() const { return pid_; }
+  const std::string& out() const { return out_; }
+  const std::string& err() const { return err_; }
+
+ private:
+  LiveOperation& op_;
+  const SpawnRequest& req_;
+  int pid_ = 0;
+  std::string out_, err_;
+};
+
+}  // namespace
+
+json stream_repr(const std::string& bytes, bool truncated) {
+  bool ascii = printable(bytes);
+  return {{"value", ascii ? bytes : base64(bytes)},
+          {"encoding", ascii ? "ascii" : "base64"},
+          {"truncated", truncated}};
+}
+
+json empty_instance_result() {
+  sandbox::RunResult r;
+  r.exit_code = -1;
+  return instance_result_json(r, "", false, "", false);
+}
+
+json instance_result_json(const sandbox::RunResult& r, const std::string& out, bool out_trunc,
+                          const std::string& err, bool err_trunc) {
+  const auto& x = r.resources;
+  return {{"resources",
+           {{"elapsed_time", x.elapsed_s},
+            {"monotonic_time", x.elapsed_s},
+            {"user_cpu_time", x.user_time_us / 1e6},
+            {"system_cpu_time", x.sys_time_us / 1e6},
+            {"max_rss", x.max_rss_kb},
+            {"shared_memory", x.shared_memory},
+            {"unshared_memory", x.unshared_memory},
+            {"swaps", x.swaps},
+            {"block_input", x.block_input_ops},
+            {"block_output", x.block_output_ops},
+            {"page_faults", x.minor_faults},
+            {"page_faults_io", x.major_faults},
+            {"voluntary_switches", x.voluntary_ctx_switches},
+            {"involuntary_switches", x.involuntary_ctx_switches},
+            {"signals", x.signals_received},
+            {"cost", 0.0}}},
+          {"state",
+           {{"exit_code", r.exit_code},
+            {"signal", r.signal},
+            {"timed_out", r.timed_out},
+            {"pid", r.pid},
+            {"core_dump", r.core_dump},
+            {"continued", false},
+            {"stopped", false}}},
+          {"stdout", stream_repr(out, out_trunc)},
+          {"stderr", stream_repr(err, err_trunc)}};
+}
+
+Engine::Engine(EngineConfig cfg, store::MetaStore& meta, store::LayerStore& layers,
+               sandbox::Runtime& runtime)
+    : cfg_(std::move(cfg)), meta_(meta), layers_(layers), runtime_(runtime) {}
+
+Engine::~Engine() { shutdown(std::chrono::milliseconds(0)); }
+
+void Engine::recover() {
+  for (auto op : meta_.active_operations()) {
+    spdlog::warn("recovery: operation {} was {} when the server stopped; marking FAILED", op.uuid,
+                 op.status);
+    auto events = meta_.events(op.uuid);
+    op.status = "FAILED";
+    op.error = "the server stopped while the operation was active";
+    op.finished_us = now_us();
+    op.duration_s = (op.finished_us - op.created_us) / 1e6;
+    store::EventRecord done{static_cast<int64_t>(events.size()), op.finished_us, 0, "completion",
+                            {{"status", "FAILED"},
+                             {"duration_ms", static_cast<int64_t>(op.duration_s * 1000)},
+                             {"result_image_uuid", nullptr},
+                             {"error", *op.error}}};
+    events.push_back(done);
+    meta_.finish_operation(op, events, std::nullopt);
+  }
+  auto refs = meta_.referenced_layers();
+  size_t removed = layers_.recover(std::set<std::string>(refs.begin(), refs.end()));
+  if (removed) spdlog::warn("recovery: removed {} unreferenced layer(s)", removed);
+}
+
+void Engine::start() {
+  std::lock_guard lk(mu_);
+  stopping_ = false;
+  for (size_t i = 0; i < cfg_.workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+void Engine::shutdown(std::chrono::milliseconds deadline) {
+  std::deque<Job> dropped;
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_ && workers_.empty()) return;
+    stopping_ = true;
+    dropped.swap(queue_);
+  }
+  cv_.notify_all();
+  for (auto& j : dropped) {
+    j.op->update([](OperationRecord& r) { r.error = "cancelled: the server is shutting down"; });
+    j.op->set_status("CANCELLED");
+    finish(j.op, std::nullopt);
+  }
+  auto until = std::chrono::steady_clock::now() + deadline;
+  while (running_.load() > 0 && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  if (running_.load() > 0) {
+    std::lock_guard lk(mu_);
+    for (auto& [id, op] : live_) op->cancel_token().cancel();
+  }
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+  std::vector<std::thread> fl;
+  {
+    std::lock_guard lk(flat_mu_);
+    fl.swap(flatteners_);
+  }
+  for (auto& t : fl) t.join();
+}
+
+ImageRecord Engine::resolve_image(const std::string& project, const std::string& ref) {
+  if (ref.rfind("tag:", 0) == 0) {
+    auto img = meta_.find_by_tag(project, ref.substr(4));
+    if (!img) throw not_found(fmt::format("image tag not found: {}", ref.substr(4)));
+    return *img;
+  }
+  if (is_uuid(ref)) {
+    if (auto img = find_image(project, ref)) return *img;
+    throw not_found(fmt::format("image not found: {}", ref));
+  }
+  // A bare tag is accepted too, as a convenience.
+  if (auto img = meta_.find_by_tag(project, ref)) return *img;
+  throw not_found(fmt::format("image not found: {}", ref));
+}
+
+std::optional<ImageRecord> Engine::find_image(const std::string& project, const std::string& uuid) {
+  auto img = meta_.get_image(uuid);
+  if (!img || (img->project != project && img->project != store::kPublicProject))
+    return std::nullopt;
+  return img;
+}
+
+std::vector<std::filesystem::path> Engine::image_layers(const ImageRecord& img) {
+  if (img.flat_layer_id) return {layers_.layer_path(*img.flat_layer_id)};
+  return layers_.layer_paths(img.layers);
+}
+
+OperationRecord Engine::spawn(const std::string& project, const json& body) {
+  SpawnRequest req = parse_spawn_request(body, cfg_.limits);
+  ImageRecord img = resolve_image(project, req.image);
+  for (auto& [path, f] : req.files) {
+    if (!meta_.get_file_by_uuid(project, f.uuid))
+      throw not_found(fmt::format("file {} (for {}) not found", f.uuid, path));
+  }
+  OperationRecord rec;
+  rec.uuid = new_uuid();
+  rec.project = project;
+  rec.kind = "instance";
+  rec.status = "PENDING";
+  rec.created_us = now_us();
+  rec.image_uuid = img.uuid;
+  rec.metadata = req.to_json();
+  rec.metadata["result"] = empty_instance_result();
+  auto op = std::make_shared<LiveOperation>(rec);
+  {
+    std::lock_guard lk(mu_);
+    if (stopping_) throw Error(503, "the server is shutting down");
+    if (queue_.size() >= cfg_.max_queue)
+      throw Error(429, fmt::format("too many queued operations ({})", queue_.size()));
+    meta_.insert_operation(rec);
+    live_[rec.uuid] = op;
+    req.image = img.uuid;
+    queue_.push_back(Job{op, std::move(req)});
+  }
+  cv_.notify_one();
+  spdlog::info("op={} queued instance on image {}", rec.uuid, img.uuid);
+  return rec;
+}
+
+std::optional<OperationRecord> Engine::operation(const std::string& project,
+                                                 const std::string& uuid) {
+  if (auto op = live(uuid)) {
+    auto r = op->record();
+    if (r.project == project) return r;
+    return std::nullopt;
+  }
+  auto r = meta_.get_operation(uuid);
+  if (!r || r->project != project) return std::nullopt;
+  return r;
+}
+
+std::shared_ptr<LiveOperation> Engine::live(const std::string& uuid) {
+  std::lock_guard lk(mu_);
+  auto it = live_.find(uuid);
+  return it == live_.end() ? nullptr : it->second;
+}
+
+void Engine::cancel(const std::string& project, const std::string& uuid) {
+  auto rec = operation(project, uuid);
+  if (!rec) throw not_found(fmt::format("operation not found: {}", uuid));
+  std::shared_ptr<LiveOperation> queued;
+  {
+    std::lock_guard lk(mu_);
+    auto it = live_.find(uuid);
+    if (it == live_.end() || is_terminal(it->second->record().status))
+      throw conflict("operation is not cancellable");
+    for (auto q = queue_.begin(); q != queue_.end(); ++q) {
+      if (q->op->record().uuid == uuid) {
+        queued = q->op;
+        queue_.erase(q);
+        break;
+      }
+    }
+    if (!queued) it->second->cancel_token().cancel();
+  }
+  if (queued) {
+    queued->set_status("CANCELLED");
+    finish(queued, std::nullopt);
+  }
+  spdlog::info("op={} cancel requested", uuid);
+}
+
+void Engine::worker_loop() {
+  for (;;) {
+    Job job;
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      job = std::move(queue_.front());
+      queue_.pop_front();
+      running_++;
+    }
+    try {
+      execute(job.op, job.req);
+    } catch (const std::exception& e) {
+      spdlog::error("op={} failed: {}", job.op->record().uuid, e.what());
+      job.op->update([&](OperationRecord& r) {
+        r.status = "FAILED";
+        r.error = e.what();
+      });
+      try {
+        finish(job.op, std::nullopt);
+      } catch (const std::exception& e2) {
+        spdlog::error("op={} could not be recorded: {}", job.op->record().uuid, e2.what());
+      }
+    }
+    running_--;
+  }
+}
+
+void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnRequest& req) {
+  const std::string op_uuid = op->record().uuid;
+  const std::string project = op->record().project;
+  op->set_status("ASSIGNED");
+  auto img = meta_.get_image(req.image);
+  if (!img) throw not_found(fmt::format("image {} vanished", req.image));
+
+  sandbox::RunSpec spec;
+  spec.lower_layers = image_layers(*img);
+  if (spec.lower_layers.size() > cfg_.max_lowers) {
+    flatten_now(*img);
+    img = meta_.get_image(req.image);
+    spec.lower_layers = image_layers(*img);
+  }
+  spec.run_dir = layers_.run_path(op_uuid);
+  spec.argv = req.argv();
+  // Environment: defaults, then the image's preserved env, then the request.
+  std::map<std::string, std::string> env{{"PATH", kDefaultPath}, {"HOME", "/root"},
+                                         {"HOSTNAME", req.hostname}};
+  if (req.uid != 0) env["HOME"] = "/";
+  if (img->config.contains("env"))
+    for (const auto& [k, v] : img->config["env"].items()) env[k] = v.get<std::string>();
+  for (const auto& [k, v] : req.env) {
+    if (v)
+      env[k] = *v;
+    else
+      env.erase(k);
+  }
+  for (const auto& [k, v] : env) spec.env.push_back(k + "=" + v);
+  spec.cwd = req.cwd;
+  if (spec.cwd.empty())
+    spec.cwd = img->config.value("workdir", std::string("/"));
+  spec.uid = req.uid;
+  spec.gid = req.gid;
+  spec.hostname = req.hostname;
+  spec.stdin_data = req.stdin_data;
+  spec.timeout = std::chrono::seconds(req.timeout_s);
+  spec.truncate_output_at = static_cast<uint64_t>(req.truncate_output_at);
+  for (const auto& [path, f] : req.files) {
+    auto rec = meta_.get_file_by_uuid(project, f.uuid);
+    if (!rec) throw not_found(fmt::format("file {} not found", f.uuid));
+    spec.files.push_back({path, layers_.file_path(rec->sha256), f.mode, f.uid, f.gid});
+  }
+
+  struct utsname un {};
+  ::uname(&un);
+  op->append(0, "init",
+             {{"started_at", format_rfc3339(now_us())},
+              {"runtime_path", "/proc/self/exe"},
+              {"verbose", false},
+              {"init_pid", 1},
+              {"hostname", req.hostname},
+              {"kernel", un.release},
+              {"machine", un.machine},
+              {"runtime", runtime_.name()}});
+
+  EventObserver obs(*op, req);
+  remove_tree(spec.run_dir);
+  sandbox::RunResult res;
+  try {
+    res = runtime_.run(spec, obs, op->cancel_token());
+  } catch (...) {
+    remove_tree(spec.run_dir);
+    throw;
+  }
+  bool out_trunc = res.stdout_bytes > obs.out().size();
+  bool err_trunc = res.stderr_bytes > obs.err().size();
+  if (out_trunc)
+    op->append(1, "truncated",
+               {{"stream", "stdout"},
+                {"bytes_emitted", obs.out().size()},
+                {"bytes_dropped", res.stdout_bytes - obs.out().size()}});
+  if (err_trunc)
+    op->append(1, "truncated",
+               {{"stream", "stderr"},
+                {"bytes_emitted", obs.err().size()},
+                {"bytes_dropped", res.stderr_bytes - obs.err().size()}});
+  op->append(1, "exit",
+             {{"pid", res.pid},
+              {"code", res.exit_code},
+              {"signal", res.signal},
+              {"timed_out", res.timed_out},
+              {"duration_ms", static_cast<int64_t>(res.resources.elapsed_s * 1000)},
+              {"resources", event_resources(res.resources)},
+              {"core_dump", res.core_dump},
+              {"oom_killed", res.oom_killed}});
+
+  std::optional<ImageRecord> new_image;
+  std::optional<std::string> result_uuid;
+  std::string status = "SUCCESS";
+  std::optional<std::string> error;
+  int64_t layer_size = 0;
+  std::filesystem::path upper = spec.run_dir / "upper";
+  if (res.cancelled) {
+    status = "CANCELLED";
+  } else if (!req.disposable) {
+    if (dir_is_empty(upper)) {
+      result_uuid = img->uuid;  // nothing changed: same state, same UUID (contract §4)
+    } else {
+      layer_size = static_cast<int64_t>(tree_size(upper).bytes);
+      if (req.max_layer_bytes && layer_size > *req.max_layer_bytes) {
+        op->append(1, "size_cap", {{"limit_bytes", *req.max_layer_bytes}, {"file_size", layer_size}});
+        status = "FAILED";
+        error = fmt::format("the run's filesystem changes ({} bytes) exceed max_layer_bytes ({})",
+                            layer_size, *req.max_layer_bytes);
+      } else {
+        ImageRecord ni;
+        ni.uuid = new_uuid();
+        ni.project = project;
+        ni.parent_uuid = img->uuid;
+        ni.layer_id = ni.uuid;
+        ni.layers.push_back(ni.layer_id);
+        if (img->flat_layer_id) {
+          ni.layers.push_back(*img->flat_layer_id);
+        } else {
+          ni.layers.insert(ni.layers.end(), img->layers.begin(), img->layers.end());
+        }
+        ni.depth = img->depth + 1;
+        ni.operation_uuid = op_uuid;
+        ni.created_us = now_us();
+        ni.size_bytes = layer_size;
+        ni.config = img->config;
+        if (req.preserve_env) {
+          json e = json::object();
+          for (const auto& kv : spec.env) {
+            auto eq = kv.find('=');
+            e[kv.substr(0, eq)] = kv.substr(eq + 1);
+          }
+          ni.config["env"] = e;
+        }
+        layers_.commit_layer(upper, ni.layer_id);
+        result_uuid = ni.uuid;
+        new_image = std::move(ni);
+      }
+    }
+  }
+  json result = instance_result_json(res, obs.out(), out_trunc, obs.err(), err_trunc);
+  op->update([&](OperationRecord& r) {
+    r.status = status;
+    r.error = error;
+    r.result_image_uuid = result_uuid;
+    r.image_size = layer_size;
+    r.consumed_cpu = (res.resources.user_time_us + res.resources.sys_time_us) / 1e6;
+    r.consumed_memory = res.resources.memory_peak_bytes ? res.resources.memory_peak_bytes
+                                                        : res.resources.max_rss_kb * 1024;
+    r.metadata["result"] = result;
+  });
+  finish(op, new_image);
+  remove_tree(spec.run_dir);
+  if (new_image && new_image->layers.size() > cfg_.flatten_depth) schedule_flatten(*new_image);
+}
+
+void Engine::finish(const std::shared_ptr<LiveOperation>& op,
+                    const std::optional<ImageRecord>& new_image) {
+  OperationRecord rec = op->record();
+  rec.finished_us = now_us();
+  rec.duration_s = (rec.finished_us - rec.created_us) / 1e6;
+  json completion = {{"status", rec.status},
+                     {"duration_ms", static_cast<int64_t>(rec.duration_s * 1000)},
+                     {"result_image_uuid", rec.result_image_uuid ? json(*rec.result_image_uuid)
+                                                                 : json(nullptr)},
+                     {"error", rec.error ? json(*rec.error) : json(nullptr)},
+                     {"image_size_bytes", rec.image_size}};
+  op->append(0, "completion", completion);
+  op->update([&](OperationRecord& r) {
+    r.finished_us = rec.finished_us;
+    r.duration_s = rec.duration_s;
+  });
+  rec = op->record();
+  meta_.finish_operation(rec, op->events(), new_image);
+  op->finish();
+  {
+    std::lock_guard lk(mu_);
+    live_.erase(rec.uuid);
+  }
+  spdlog::info("op={} {} in {:.1f} ms{}", rec.uuid, rec.status, rec.duration_s * 1000,
+               rec.result_image_uuid ? " -> image " + *rec.result_image_uuid : "");
+}
+
+void Engine::schedule_flatten(const ImageRecord& img) {
+  std::lock_guard lk(flat_mu_);
+  if (stopping_ || !flattening_.insert(img.uuid).second) return;
+  flatteners_.emplace_back([this, img] {
+    try {
+      flatten_now(img);
+    } catch (const std::exception& e) {
+      spdlog::warn("flatten of image {} failed: {}", img.uuid, e.what());
+    }
+    std::lock_guard lk2(flat_mu_);
+    flattening_.erase(img.uuid);
+  });
+}
+
+void Engine::flatten_now(const ImageRecord& img) {
+  auto current = meta_.get_image(img.uuid);
+  if (!current || current->flat_layer_id) return;
+  std::string id = new_uuid();
+  auto tmp = layers_.tmp_path("flat-" + id);
+  store::LayerView view(layers_.layer_paths(img.layers), cfg_.uid_shift);
+  auto t0 = now_us();
+  store::flatten(view, tmp);
+  layers_.commit_layer(tmp, id);
+  meta_.set_flat_layer(img.uuid, id);
+  spdlog::info("flattened image {} ({} layers) in {:.1f} ms", img.uuid, img.layers.size(),
+               (now_us() - t0) / 1e3);
+}
+
+}  // namespace coppice::engine

@@ -1,0 +1,116 @@
+// The operation engine: accepts spawns at once, queues them, runs them on a bounded pool of
+// workers through a sandbox Runtime, snapshots the result into the image store and records
+// everything (status, events, result image) in the MetaStore.
+//
+// Lifecycle: PENDING (queued) -> ASSIGNED (a worker took it) -> EXECUTING (sandbox started)
+// -> SUCCESS | FAILED | CANCELLED. A non-zero exit code is still SUCCESS; FAILED means the
+// platform could not do the run (bad image, setup failure, layer over its size cap).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/live_operation.h"
+#include "engine/spawn_request.h"
+#include "sandbox/runtime.h"
+#include "store/layer_store.h"
+#include "store/meta_store.h"
+
+namespace coppice::engine {
+
+struct EngineConfig {
+  size_t workers = 16;          // sandboxes running at once
+  size_t max_queue = 10000;     // PENDING operations accepted before 429
+  size_t flatten_depth = 64;    // an image whose lower stack is deeper gets a flat copy
+  size_t max_lowers = 400;      // never mount more lowers than this (overlayfs limit is 500)
+  uid_t uid_shift = 100000;     // host uid of sandbox root
+  SpawnLimits limits;
+};
+
+class Engine {
+ public:
+  Engine(EngineConfig cfg, store::MetaStore& meta, store::LayerStore& layers,
+         sandbox::Runtime& runtime);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Startup recovery: fails operations a previous process left active and removes scratch
+  // directories and unreferenced layers. Call before start().
+  void recover();
+  void start();
+  // Graceful stop: refuses new work, cancels queued operations, lets running ones finish until
+  // `deadline`, then cancels them, and joins the workers.
+  void shutdown(std::chrono::milliseconds deadline);
+
+  // Validates and queues a spawn; returns the new operation (PENDING). Throws 4xx Errors.
+  store::OperationRecord spawn(const std::string& project, const nlohmann::json& body);
+
+  // Resolves an image reference ("tag:NAME", a UUID) visible to `project`. Throws 404.
+  store::ImageRecord resolve_image(const std::string& project, const std::string& ref);
+  // An image visible to `project` by UUID, or nullopt.
+  std::optional<store::ImageRecord> find_image(const std::string& project, const std::string& uuid);
+
+  // Current record of an operation of `project` (live state while active). nullopt if unknown.
+  std::optional<store::OperationRecord> operation(const std::string& project,
+                                                  const std::string& uuid);
+  // The live object while the operation is active, else nullptr.
+  std::shared_ptr<LiveOperation> live(const std::string& uuid);
+  // Cancels an active operation. Throws 404 (unknown) or 409 (already finished).
+  void cancel(const std::string& project, const std::string& uuid);
+
+  // The lower-layer directories of an image (top first), using its flat copy when present.
+  std::vector<std::filesystem::path> image_layers(const store::ImageRecord& img);
+
+  store::MetaStore& meta() { return meta_; }
+  store::LayerStore& layer_store() { return layers_; }
+  const EngineConfig& config() const { return cfg_; }
+  size_t running() const { return running_.load(); }
+
+ private:
+  void worker_loop();
+  void execute(const std::shared_ptr<LiveOperation>& op, const SpawnRequest& req);
+  void finish(const std::shared_ptr<LiveOperation>& op, const std::optional<store::ImageRecord>& img);
+  void schedule_flatten(const store::ImageRecord& img);
+  void flatten_now(const store::ImageRecord& img);
+
+  struct Job {
+    std::shared_ptr<LiveOperation> op;
+    SpawnRequest req;
+  };
+
+  EngineConfig cfg_;
+  store::MetaStore& meta_;
+  store::LayerStore& layers_;
+  sandbox::Runtime& runtime_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  std::map<std::string, std::shared_ptr<LiveOperation>> live_;
+  std::vector<std::thread> workers_;
+  bool stopping_ = false;
+  std::atomic<size_t> running_{0};
+
+  std::mutex flat_mu_;
+  std::set<std::string> flattening_;
+  std::vector<std::thread> flatteners_;
+};
+
+// Fills the ConTree InstanceResult ({resources, state, stdout, stderr}) from a run result.
+nlohmann::json instance_result_json(const sandbox::RunResult& r, const std::string& out,
+                                    bool out_trunc, const std::string& err, bool err_trunc);
+// The default (not yet run) InstanceResult: every field present, exit_code -1.
+nlohmann::json empty_instance_result();
+// {"value","encoding","truncated"} with ascii when printable, else base64 (contract §2.7).
+nlohmann::json stream_repr(const std::string& bytes, bool truncated);
+
+}  // namespace coppice::engine

@@ -1,0 +1,52 @@
+// The in-memory state of an operation that is queued or running: its record, its ordered
+// event log and its cancel token. Event-stream followers wait on it; once the operation is
+// finished the same data is in the MetaStore and the live object is dropped.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sandbox/runtime.h"
+#include "store/records.h"
+
+namespace coppice::engine {
+
+class LiveOperation {
+ public:
+  explicit LiveOperation(store::OperationRecord rec) : rec_(std::move(rec)) {}
+
+  store::OperationRecord record() const;
+  void set_status(const std::string& status);
+  // Mutates the record under the lock.
+  template <typename F>
+  void update(F&& f) {
+    std::lock_guard lk(mu_);
+    f(rec_);
+  }
+  // Appends an event (ids are 0, 1, 2, ... in append order) and wakes followers.
+  void append(int spid, std::string type, nlohmann::json data);
+  std::vector<store::EventRecord> events() const;
+  // Events with id > after (and spid == *spid when given). Waits up to `wait` for at least one
+  // when none is there yet and the operation is not finished.
+  std::vector<store::EventRecord> events_after(int64_t after, std::optional<int> spid,
+                                               std::chrono::milliseconds wait) const;
+  // Marks the operation finished (after its final state was stored) and wakes followers.
+  void finish();
+  bool finished() const;
+
+  sandbox::CancelToken& cancel_token() { return cancel_; }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::condition_variable cv_;
+  store::OperationRecord rec_;
+  std::vector<store::EventRecord> events_;
+  bool finished_ = false;
+  sandbox::CancelToken cancel_;
+};
+
+}  // namespace coppice::engine

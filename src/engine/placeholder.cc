@@ -1,1 +1,0 @@
-// Operation engine (see engine/*.h).

@@ -1,0 +1,46 @@
+#include "store/layer_store.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "common/error.h"
+#include "common/fd.h"
+#include "common/fsutil.h"
+
+namespace coppice::store {
+
+LayerStore::LayerStore(fs::path root, bool durable) : root_(std::move(root)), durable_(durable) {
+  make_dirs(root_, 0711);
+  for (const char* sub : {"layers", "runs", "files", "tmp"}) make_dirs(root_ / sub, 0711);
+}
+
+std::vector<fs::path> LayerStore::layer_paths(const std::vector<std::string>& ids) const {
+  std::vector<fs::path> out;
+  out.reserve(ids.size());
+  for (const auto& id : ids) out.push_back(layer_path(id));
+  return out;
+}
+
+void LayerStore::commit_layer(const fs::path& dir, const std::string& id) {
+  if (durable_) {
+    UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd || ::syncfs(fd.get()) != 0) throw sys_error("syncfs " + dir.string());
+  }
+  fs::path dst = layer_path(id);
+  if (::rename(dir.c_str(), dst.c_str()) != 0) throw sys_error("rename into " + dst.string());
+  if (durable_) fsync_dir(root_ / "layers");
+}
+
+size_t LayerStore::recover(const std::set<std::string>& referenced) {
+  for (const char* sub : {"runs", "tmp"})
+    for (const auto& e : fs::directory_iterator(root_ / sub)) remove_tree(e.path());
+  size_t removed = 0;
+  for (const auto& e : fs::directory_iterator(root_ / "layers")) {
+    if (referenced.count(e.path().filename().string())) continue;
+    remove_tree(e.path());
+    ++removed;
+  }
+  return removed;
+}
+
+}  // namespace coppice::store
