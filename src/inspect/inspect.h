@@ -5,12 +5,12 @@
 
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "store/layer_view.h"
 
@@ -58,5 +58,18 @@ struct GrepQuery {
 // Symlinks are not followed, binary files (with a NUL in the first 8 KiB) are skipped.
 // Throws 400 on invalid patterns or parameters.
 nlohmann::json grep(const store::LayerView& view, const GrepQuery& q);
+
+namespace detail {
+// User and group names from the image's own /etc/passwd and /etc/group (read through the
+// view; missing or unreadable files give empty maps).
+struct IdNames {
+  std::unordered_map<uint32_t, std::string> users, groups;
+  static IdNames load(const store::LayerView& view);
+  std::optional<std::string> user(uint32_t uid) const;
+  std::optional<std::string> group(uint32_t gid) const;
+};
+// `s` with every invalid UTF-8 sequence replaced by U+FFFD, so that it can go into JSON.
+std::string valid_utf8(std::string_view s);
+}  // namespace detail
 
 }  // namespace coppice::inspect

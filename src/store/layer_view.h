@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -60,11 +61,28 @@ class LayerView {
   // Opens a regular file for reading. Throws 404 when absent, 422 when not a regular file.
   UniqueFd open_file(std::string_view resolved_path) const;
 
+  // What a walk does after visiting an entry.
+  enum class Walk { kContinue, kSkip, kStop };  // kSkip: not into this directory's contents
+  // Visits the subtree at a resolved path depth-first, never following symlinks: the entry
+  // itself first, then (for a directory) its merged contents in name order, recursively.
+  // Computes each directory's contributing layers once (cheaper than list() per directory).
+  // Throws 404 when the path is absent.
+  void walk(std::string_view resolved_path, const std::function<Walk(const Entry&)>& visit) const;
+
   const std::vector<fs::path>& layers() const { return layers_; }
   uid_t uid_shift() const { return uid_shift_; }
 
  private:
+  struct Node;  // an entry plus the layers merging into it (layer_view.cc)
+  std::string host_of(size_t layer, const std::string& path) const;
+  Entry make_entry(size_t layer, std::string name, std::string path, const struct stat& st) const;
+  Node root_node() const;
+  std::optional<Node> child_node(const Node& dir, std::string_view name) const;
+  std::vector<Node> list_node(const Node& dir) const;
+  std::optional<Node> node_at(std::string_view resolved_path) const;
+
   std::vector<fs::path> layers_;
+  std::vector<std::string> layer_strs_;  // without trailing slashes
   uid_t uid_shift_;
 };
 
