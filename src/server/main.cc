@@ -1,1 +1,177 @@
-int main() { return 0; }
+// coppiced: the Coppice server and its admin commands.
+//
+//   coppiced serve [--listen 127.0.0.1:8080] [--data-dir DIR]
+//   coppiced token create --project P [--data-dir DIR]
+//   coppiced image bootstrap busybox|debian [--tag T] [--data-dir DIR]
+//   coppiced image import-rootfs DIR|TAR --tag T [--data-dir DIR]
+#include <signal.h>
+#include <sys/prctl.h>
+
+#include <csignal>
+#include <iostream>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include "api/http_server.h"
+#include "common/error.h"
+#include "common/ids.h"
+#include "common/sha256.h"
+#include "engine/base_images.h"
+#include "engine/engine.h"
+#include "sandbox/runtime.h"
+
+using namespace coppice;
+
+namespace {
+
+struct Paths {
+  std::string data_dir = "/var/lib/coppice";
+};
+
+struct ServeOptions {
+  std::string listen = "127.0.0.1:8080";
+  size_t workers = 16;
+  size_t flatten_depth = 64;
+  bool durable = false;
+  int shutdown_grace_s = 30;
+  uint64_t memory_mb = 1024;
+  uint64_t pids = 1024;
+  int64_t max_timeout_s = 3600;
+  std::string log_level = "info";
+};
+
+int serve(const Paths& paths, const ServeOptions& o) {
+  spdlog::set_level(spdlog::level::from_str(o.log_level));
+  // SIGTERM/SIGINT are taken by a dedicated thread; every other thread blocks them.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  store::LayerStore layers(paths.data_dir, o.durable);
+  auto meta = store::open_sqlite_store(layers.db_path());
+  sandbox::NamespaceConfig ns;
+  ns.default_memory_bytes = o.memory_mb << 20;
+  ns.default_pids = o.pids;
+  auto runtime = sandbox::make_namespace_runtime(ns);
+  engine::EngineConfig ec;
+  ec.workers = o.workers;
+  ec.flatten_depth = o.flatten_depth;
+  ec.uid_shift = ns.uid_base;
+  ec.limits.max_timeout_s = o.max_timeout_s;
+  engine::Engine engine(ec, *meta, layers, *runtime);
+  engine.recover();
+  engine.start();
+  api::Api api(api::ApiConfig{}, engine);
+  api::HttpServer server(api, o.listen, layers.tmp_path(""));
+  spdlog::info("coppiced listening on {} (port {}), data dir {}", o.listen, server.port(),
+               paths.data_dir);
+  std::cout << "listening on port " << server.port() << std::endl;
+
+  std::thread sig_thread([&] {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    spdlog::info("signal {}: shutting down (grace {} s)", sig, o.shutdown_grace_s);
+    server.stop(false);
+  });
+  server.run();
+  engine.shutdown(std::chrono::seconds(o.shutdown_grace_s));
+  server.stop(true);
+  server.wait_connections();
+  sig_thread.join();
+  spdlog::info("coppiced stopped");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"coppiced: branching sandboxes behind a ConTree-compatible API"};
+  app.require_subcommand(1);
+  Paths paths;
+  auto add_data_dir = [&](CLI::App* c) {
+    c->add_option("--data-dir", paths.data_dir, "data directory (store, database, files)")
+        ->capture_default_str();
+  };
+
+  ServeOptions so;
+  auto* serve_cmd = app.add_subcommand("serve", "run the HTTP API server");
+  add_data_dir(serve_cmd);
+  serve_cmd->add_option("--listen", so.listen, "address:port to listen on")->capture_default_str();
+  serve_cmd->add_option("--workers", so.workers, "sandboxes running at once")->capture_default_str();
+  serve_cmd->add_option("--flatten-depth", so.flatten_depth,
+                        "flatten an image's layers once its chain is deeper than this")
+      ->capture_default_str();
+  serve_cmd->add_flag("--durable", so.durable, "syncfs + fsync every snapshot before recording it");
+  serve_cmd->add_option("--shutdown-grace", so.shutdown_grace_s,
+                        "seconds running operations get to finish on SIGTERM")
+      ->capture_default_str();
+  serve_cmd->add_option("--memory-mb", so.memory_mb, "default memory limit per sandbox")
+      ->capture_default_str();
+  serve_cmd->add_option("--pids", so.pids, "default pids limit per sandbox")->capture_default_str();
+  serve_cmd->add_option("--max-timeout", so.max_timeout_s, "largest timeout a run may ask for (s)")
+      ->capture_default_str();
+  serve_cmd->add_option("--log-level", so.log_level, "trace|debug|info|warn|error")
+      ->capture_default_str();
+
+  auto* token_cmd = app.add_subcommand("token", "manage API tokens");
+  token_cmd->require_subcommand(1);
+  std::string project = "default";
+  auto* token_create = token_cmd->add_subcommand("create", "create a token and print it");
+  add_data_dir(token_create);
+  token_create->add_option("--project", project, "the tenant the token belongs to")
+      ->capture_default_str();
+
+  auto* image_cmd = app.add_subcommand("image", "manage base images");
+  image_cmd->require_subcommand(1);
+  std::string tag, kind, source;
+  bool private_image = false;
+  auto* bootstrap = image_cmd->add_subcommand("bootstrap", "build a base image: busybox | debian");
+  add_data_dir(bootstrap);
+  bootstrap->add_option("kind", kind, "busybox or debian")
+      ->required()
+      ->check(CLI::IsMember({"busybox", "debian"}));
+  bootstrap->add_option("--tag", tag, "tag (default busybox:latest / debian:bookworm)");
+  auto* import_rootfs = image_cmd->add_subcommand("import-rootfs", "import a root filesystem");
+  add_data_dir(import_rootfs);
+  import_rootfs->add_option("source", source, "directory or tar archive")->required();
+  import_rootfs->add_option("--tag", tag, "tag for the new image");
+  for (auto* c : {bootstrap, import_rootfs}) {
+    c->add_option("--project", project, "owner project (with --private)");
+    c->add_flag("--private", private_image, "visible to --project only instead of every project");
+  }
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (*serve_cmd) return serve(paths, so);
+    store::LayerStore layers(paths.data_dir, true);
+    auto meta = store::open_sqlite_store(layers.db_path());
+    if (*token_create) {
+      std::string secret = "cpc_" + random_hex(24);
+      auto rec = meta->create_token(project, sha256_hex(secret));
+      std::cerr << "token " << rec.uuid << " for project " << project << ":\n";
+      std::cout << secret << std::endl;
+      return 0;
+    }
+    engine::BaseImageOptions opt;
+    opt.project = private_image ? project : store::kPublicProject;
+    opt.tag = tag;
+    store::ImageRecord img;
+    if (*bootstrap) {
+      if (opt.tag.empty()) opt.tag = kind == "busybox" ? "busybox:latest" : "debian:bookworm";
+      img = kind == "busybox" ? engine::bootstrap_busybox(*meta, layers, opt)
+                              : engine::bootstrap_debian(*meta, layers, opt);
+    } else {
+      img = engine::import_rootfs(*meta, layers, source, opt);
+    }
+    std::cout << img.uuid << std::endl;
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "coppiced: " << e.what() << std::endl;
+    return 1;
+  }
+}

@@ -1,0 +1,57 @@
+// The HTTP API (contract §2): routes a parsed Exchange to the endpoint handlers. One Api
+// object serves every connection; handlers are thread-safe.
+#pragma once
+
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "api/exchange.h"
+#include "engine/engine.h"
+
+namespace coppice::api {
+
+struct ApiConfig {
+  uint64_t max_json_body = 16 << 20;   // bytes
+  uint64_t max_upload = 1ull << 30;    // bytes per POST /v1/files
+  int sse_keepalive_s = 15;
+  std::vector<std::string> runtimes{"namespace"};
+};
+
+class Api {
+ public:
+  Api(ApiConfig cfg, engine::Engine& engine);
+
+  // Authenticates, routes and answers. Never throws: errors become {"error","status"}.
+  void handle(Exchange& ex);
+  // True when a request (method + path) is an upload whose body should go to a file.
+  static bool is_upload(http::verb method, std::string_view target);
+  const ApiConfig& config() const { return cfg_; }
+
+ private:
+  void authenticate(Exchange& ex);
+  void route(Exchange& ex);
+
+  // Endpoint groups, one file each.
+  void whoami(Exchange& ex);
+  void images(Exchange& ex);           // api/images_routes.cc
+  void files(Exchange& ex);            // api/files_routes.cc
+  void instances(Exchange& ex);        // api/operations_routes.cc
+  void operations(Exchange& ex);       // api/operations_routes.cc
+  void events(Exchange& ex, const std::string& op_uuid);
+  void inspect(Exchange& ex);          // api/inspect_routes.cc
+
+  ApiConfig cfg_;
+  engine::Engine& engine_;
+  std::mutex token_mu_;
+  std::unordered_map<std::string, std::pair<std::string, std::string>> token_cache_;
+};
+
+// Shared helpers for the route files.
+store::Page parse_page(const Query& q);
+nlohmann::json image_json(const store::ImageRecord& img);
+nlohmann::json operation_summary_json(const store::OperationRecord& op);
+nlohmann::json operation_json(const store::OperationRecord& op);
+nlohmann::json file_json(const store::FileRecord& f);
+
+}  // namespace coppice::api

@@ -1,0 +1,195 @@
+#include "api/exchange.h"
+
+#include <boost/asio/write.hpp>
+
+#include "common/error.h"
+
+namespace coppice::api {
+
+namespace {
+int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+}  // namespace
+
+std::string percent_decode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(hexval(s[i + 1]) * 16 + hexval(s[i + 2])));
+      i += 2;
+    } else if (s[i] == '+') {
+      out.push_back(' ');
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+Query Query::parse(std::string_view qs) {
+  Query q;
+  size_t pos = 0;
+  while (pos <= qs.size()) {
+    size_t amp = qs.find('&', pos);
+    if (amp == std::string_view::npos) amp = qs.size();
+    std::string_view kv = qs.substr(pos, amp - pos);
+    pos = amp + 1;
+    if (kv.empty()) {
+      if (amp == qs.size()) break;
+      continue;
+    }
+    size_t eq = kv.find('=');
+    std::string k = percent_decode(kv.substr(0, eq));
+    std::string v = eq == std::string_view::npos ? "" : percent_decode(kv.substr(eq + 1));
+    q.m_.emplace(std::move(k), std::move(v));
+  }
+  return q;
+}
+
+std::optional<std::string> Query::get(const std::string& k) const {
+  auto it = m_.find(k);
+  if (it == m_.end()) return std::nullopt;
+  return it->second;
+}
+
+std::vector<std::string> Query::all(const std::string& k) const {
+  std::vector<std::string> out;
+  auto [a, b] = m_.equal_range(k);
+  for (auto it = a; it != b; ++it) out.push_back(it->second);
+  return out;
+}
+
+Exchange::Exchange(tcp::socket& sock, const http::request_header<>& header, std::string body)
+    : sock_(sock), header_(header), body_(std::move(body)) {
+  std::string_view target(header.target().data(), header.target().size());
+  size_t qpos = target.find('?');
+  std::string_view path = target.substr(0, qpos);
+  if (qpos != std::string_view::npos) query_ = Query::parse(target.substr(qpos + 1));
+  // Accept any base-path prefix before /v1 (contract §1.1).
+  size_t v1 = path.find("/v1/");
+  if (v1 != std::string_view::npos) {
+    path = path.substr(v1 + 3);
+  } else if (path.size() >= 3 && path.substr(path.size() - 3) == "/v1") {
+    path = "/";
+  } else {
+    path = "";  // not an API path
+    segments_.push_back("");
+  }
+  trailing_slash_ = path.size() > 1 && path.back() == '/';
+  size_t pos = 0;
+  while (pos < path.size()) {
+    size_t slash = path.find('/', pos);
+    if (slash == std::string_view::npos) slash = path.size();
+    if (slash > pos) segments_.push_back(percent_decode(path.substr(pos, slash - pos)));
+    pos = slash + 1;
+  }
+  gzip_ = accepts_gzip(header_value(http::field::accept_encoding));
+  head_ = header.method() == http::verb::head;
+  auto conn = header_value(http::field::connection);
+  for (auto& ch : conn) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  keep_alive_ = header.version() >= 11 ? conn.find("close") == std::string::npos
+                                        : conn.find("keep-alive") != std::string::npos;
+}
+
+std::string Exchange::header_value(http::field f) const {
+  auto it = header_.find(f);
+  if (it == header_.end()) return "";
+  return std::string(it->value());
+}
+
+std::string Exchange::header_value(std::string_view name) const {
+  auto it = header_.find(boost::beast::string_view(name.data(), name.size()));
+  if (it == header_.end()) return "";
+  return std::string(it->value());
+}
+
+nlohmann::json Exchange::json_body() const {
+  if (body_.empty()) throw bad_request("request body must be JSON");
+  try {
+    return nlohmann::json::parse(body_);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw bad_request(std::string("malformed JSON body: ") + e.what());
+  }
+}
+
+void Exchange::reply_json(int status, const nlohmann::json& j,
+                          const std::vector<std::pair<std::string, std::string>>& headers) {
+  reply(status, j.dump(), "application/json", headers);
+}
+
+void Exchange::reply_error(int status, const std::string& message) {
+  reply_json(status, {{"error", message}, {"status", status}});
+}
+
+void Exchange::reply(int status, std::string body, const std::string& content_type,
+                     const std::vector<std::pair<std::string, std::string>>& headers) {
+  if (responded_) return;
+  responded_ = true;
+  status_ = status;
+  http::response<http::string_body> res{static_cast<http::status>(status), header_.version()};
+  res.set(http::field::server, "coppiced");
+  if (!content_type.empty()) res.set(http::field::content_type, content_type);
+  for (const auto& [k, v] : headers) res.set(k, v);
+  res.keep_alive(keep_alive_);
+  size_t raw_len = body.size();
+  if (gzip_ && !body.empty() && status != 204 && status != 304) {
+    body = gzip_all(body);
+    res.set(http::field::content_encoding, "gzip");
+    res.set(http::field::vary, "Accept-Encoding");
+  }
+  if (head_) {
+    res.content_length(gzip_ ? body.size() : raw_len);
+    http::response_serializer<http::string_body> sr{res};
+    http::write_header(sock_, sr);
+    return;
+  }
+  res.body() = std::move(body);
+  res.prepare_payload();
+  http::write(sock_, res);
+}
+
+void Exchange::begin_stream(int status, const std::string& content_type,
+                            const std::vector<std::pair<std::string, std::string>>& headers) {
+  responded_ = true;
+  streaming_ = true;
+  status_ = status;
+  http::response<http::empty_body> res{static_cast<http::status>(status), header_.version()};
+  res.set(http::field::server, "coppiced");
+  res.set(http::field::content_type, content_type);
+  for (const auto& [k, v] : headers) res.set(k, v);
+  res.keep_alive(keep_alive_);
+  if (gzip_) {
+    res.set(http::field::content_encoding, "gzip");
+    stream_gz_ = std::make_unique<GzipStream>();
+  }
+  res.chunked(true);
+  http::response_serializer<http::empty_body> sr{res};
+  http::write_header(sock_, sr);
+}
+
+void Exchange::write(std::string_view data) {
+  if (data.empty()) return;
+  if (stream_gz_) {
+    std::string z = stream_gz_->chunk(data);
+    boost::asio::write(sock_, http::make_chunk(boost::asio::buffer(z)));
+  } else {
+    boost::asio::write(sock_, http::make_chunk(boost::asio::buffer(data.data(), data.size())));
+  }
+}
+
+void Exchange::end_stream() {
+  if (!streaming_) return;
+  streaming_ = false;
+  if (stream_gz_) {
+    std::string z = stream_gz_->finish();
+    boost::asio::write(sock_, http::make_chunk(boost::asio::buffer(z)));
+  }
+  boost::asio::write(sock_, http::make_chunk_last());
+}
+
+}  // namespace coppice::api

@@ -1,0 +1,167 @@
+#include "api/http_server.h"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "common/error.h"
+#include "common/ids.h"
+
+namespace coppice::api {
+
+namespace beast = boost::beast;
+
+namespace {
+tcp::endpoint parse_listen(const std::string& listen) {
+  std::string host = listen, port = "8080";
+  if (!listen.empty() && listen[0] == '[') {
+    auto close = listen.find(']');
+    if (close == std::string::npos) throw bad_request("bad --listen address: " + listen);
+    host = listen.substr(1, close - 1);
+    if (close + 1 < listen.size() && listen[close + 1] == ':') port = listen.substr(close + 2);
+  } else if (auto colon = listen.rfind(':'); colon != std::string::npos) {
+    host = listen.substr(0, colon);
+    port = listen.substr(colon + 1);
+  }
+  boost::system::error_code ec;
+  auto addr = boost::asio::ip::make_address(host.empty() ? "127.0.0.1" : host, ec);
+  if (ec) throw bad_request(fmt::format("bad --listen address {}: {}", listen, ec.message()));
+  return tcp::endpoint(addr, static_cast<uint16_t>(std::stoi(port)));
+}
+}  // namespace
+
+HttpServer::HttpServer(Api& api, const std::string& listen, std::filesystem::path upload_dir,
+                       size_t max_connections)
+    : api_(api), upload_dir_(std::move(upload_dir)), max_connections_(max_connections),
+      acceptor_(ioc_) {
+  auto ep = parse_listen(listen);
+  acceptor_.open(ep.protocol());
+  acceptor_.set_option(boost::asio::socket_base::reuse_address(true));
+  acceptor_.bind(ep);
+  acceptor_.listen(boost::asio::socket_base::max_listen_connections);
+  port_ = acceptor_.local_endpoint().port();
+}
+
+HttpServer::~HttpServer() {
+  stop(true);
+  wait_connections();
+}
+
+void HttpServer::run() {
+  while (!stopping_) {
+    tcp::socket sock(ioc_);
+    boost::system::error_code ec;
+    acceptor_.accept(sock, ec);
+    if (ec) {
+      if (stopping_) {
+        acceptor_.close(ec);
+        break;
+      }
+      spdlog::warn("accept: {}", ec.message());
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
+    }
+    if (active_.load() >= max_connections_) {
+      spdlog::warn("connection limit ({}) reached; refusing a connection", max_connections_);
+      continue;
+    }
+    sock.set_option(tcp::no_delay(true), ec);
+    active_++;
+    std::thread([this, s = std::move(sock)]() mutable {
+      serve(std::move(s));
+      active_--;
+    }).detach();
+  }
+}
+
+void HttpServer::stop(bool close_connections) {
+  stopping_ = true;
+  boost::system::error_code ec;
+  // A blocked accept() is woken by shutting the listening socket down.
+  if (acceptor_.is_open()) ::shutdown(acceptor_.native_handle(), SHUT_RDWR);
+  if (close_connections) {
+    std::lock_guard lk(mu_);
+    for (auto* s : open_) s->shutdown(tcp::socket::shutdown_both, ec);
+  }
+}
+
+void HttpServer::wait_connections() {
+  for (int i = 0; i < 500 && active_.load() > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+
+void HttpServer::serve(tcp::socket sock) {
+  {
+    std::lock_guard lk(mu_);
+    open_.insert(&sock);
+  }
+  beast::flat_buffer buf;
+  const auto& cfg = api_.config();
+  try {
+    for (;;) {
+      http::request_parser<http::empty_body> hp;
+      hp.header_limit(64 * 1024);
+      hp.body_limit(cfg.max_upload);
+      beast::error_code ec;
+      http::read_header(sock, buf, hp, ec);
+      if (ec) break;
+      auto& hdr = hp.get();
+      auto expect = hdr.find(http::field::expect);
+      if (expect != hdr.end() && beast::iequals(expect->value(), "100-continue")) {
+        static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        boost::asio::write(sock, boost::asio::buffer(kContinue, sizeof kContinue - 1));
+      }
+      std::string target(hdr.target());
+      bool keep = true;
+      if (Api::is_upload(hdr.method(), target)) {
+        http::request_parser<http::file_body> fp(std::move(hp));
+        fp.body_limit(cfg.max_upload);
+        auto tmp = upload_dir_ / ("upload-" + new_uuid());
+        fp.get().body().open(tmp.c_str(), beast::file_mode::write, ec);
+        if (ec) throw internal("open upload file: " + ec.message());
+        http::read(sock, buf, fp, ec);
+        fp.get().body().close();
+        if (ec) {
+          ::unlink(tmp.c_str());
+          if (ec == http::error::body_limit) {
+            Exchange ex(sock, fp.get().base(), "");
+            ex.reply_error(413, fmt::format("upload is larger than {} bytes", cfg.max_upload));
+          }
+          break;
+        }
+        Exchange ex(sock, fp.get().base(), "");
+        ex.upload_path = tmp.string();
+        api_.handle(ex);
+        ::unlink(tmp.c_str());
+        keep = ex.keep_alive();
+      } else {
+        http::request_parser<http::string_body> sp(std::move(hp));
+        sp.body_limit(cfg.max_json_body);
+        http::read(sock, buf, sp, ec);
+        if (ec == http::error::body_limit) {
+          Exchange ex(sock, sp.get().base(), "");
+          ex.reply_error(413, fmt::format("request body is larger than {} bytes", cfg.max_json_body));
+          break;
+        }
+        if (ec) break;
+        Exchange ex(sock, sp.get().base(), std::move(sp.get().body()));
+        api_.handle(ex);
+        keep = ex.keep_alive();
+      }
+      if (!keep || stopping_) break;
+    }
+  } catch (const std::exception& e) {
+    spdlog::debug("connection closed: {}", e.what());
+  }
+  boost::system::error_code ec;
+  sock.shutdown(tcp::socket::shutdown_send, ec);
+  std::lock_guard lk(mu_);
+  open_.erase(&sock);
+}
+
+}  // namespace coppice::api

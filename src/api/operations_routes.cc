@@ -1,0 +1,137 @@
+// POST /v1/instances, /v1/operations[/{id}[/events]] (contract §2.6, §2.7, §3).
+#include <fmt/format.h>
+
+#include "api/api.h"
+#include "common/clock.h"
+#include "common/error.h"
+
+namespace coppice::api {
+
+using json = nlohmann::json;
+
+namespace {
+const char* const kStatuses[] = {"PENDING", "ASSIGNED", "EXECUTING", "SUCCESS", "FAILED",
+                                 "CANCELLED"};
+
+std::string sse_frame(const store::EventRecord& e) {
+  json j = {{"id", e.id},     {"ts", format_rfc3339(e.ts_us)}, {"spid", e.spid},
+            {"type", e.type}, {"data", e.data}};
+  return fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.id, e.type, j.dump());
+}
+
+int64_t parse_int_or(const std::optional<std::string>& v, int64_t def, const char* what) {
+  if (!v || v->empty()) return def;
+  char* end = nullptr;
+  long long n = std::strtoll(v->c_str(), &end, 10);
+  if (*end) throw bad_request(fmt::format("{} must be an integer", what));
+  return n;
+}
+}  // namespace
+
+void Api::instances(Exchange& ex) {
+  if (ex.segments().size() != 1) throw not_found("no such endpoint");
+  if (ex.method() != http::verb::post) throw Error(405, "method not allowed");
+  json body = ex.json_body();
+  auto rec = engine_.spawn(ex.project, body);
+  json resp = rec.metadata;
+  resp["uuid"] = rec.uuid;
+  resp["status"] = rec.status;
+  resp["result"] = nullptr;
+  ex.reply_json(201, resp, {{"Location", "/v1/operations/" + rec.uuid}});
+}
+
+void Api::operations(Exchange& ex) {
+  const auto& s = ex.segments();
+  if (s.size() == 1) {
+    if (ex.method() != http::verb::get) throw Error(405, "method not allowed");
+    store::OperationFilter f;
+    f.page = parse_page(ex.query());
+    if (auto st = ex.query().get("status"); st && !st->empty()) {
+      bool ok = false;
+      for (const char* k : kStatuses) ok = ok || *st == k;
+      if (!ok) throw bad_request(fmt::format("unknown status: {}", *st));
+      f.status = *st;
+    }
+    if (auto k = ex.query().get("kind"); k && !k->empty()) {
+      if (*k != "instance" && *k != "image_import")
+        throw bad_request("kind must be instance or image_import");
+      f.kind = *k;
+    }
+    json arr = json::array();
+    for (const auto& op : engine_.meta().list_operations(ex.project, f)) {
+      // Active operations: report their live state.
+      auto cur = op.finished_us ? std::optional(op) : engine_.operation(ex.project, op.uuid);
+      arr.push_back(operation_summary_json(cur ? *cur : op));
+    }
+    return ex.reply_json(200, arr);
+  }
+  const std::string& id = s[1];
+  if (s.size() == 2) {
+    if (ex.method() == http::verb::get) {
+      auto op = engine_.operation(ex.project, id);
+      if (!op) throw not_found(fmt::format("operation not found: {}", id));
+      std::vector<std::pair<std::string, std::string>> hdr;
+      if (!op->finished_us) hdr.push_back({"Retry-After", "1"});
+      return ex.reply_json(200, operation_json(*op), hdr);
+    }
+    if (ex.method() == http::verb::delete_) {
+      engine_.cancel(ex.project, id);
+      return ex.reply(202, "", "");
+    }
+    throw Error(405, "method not allowed");
+  }
+  if (s.size() == 3 && s[2] == "events") {
+    if (ex.method() != http::verb::get) throw Error(405, "method not allowed");
+    return events(ex, id);
+  }
+  if (s.size() >= 3 && s[2] == "subprocesses")
+    throw Error(501, "subprocesses are not supported by this server yet");
+  throw not_found("no such endpoint");
+}
+
+void Api::events(Exchange& ex, const std::string& op_uuid) {
+  auto rec = engine_.operation(ex.project, op_uuid);
+  if (!rec) throw not_found(fmt::format("operation not found: {}", op_uuid));
+  int64_t since = parse_int_or(ex.query().get("since"), -1, "since");
+  std::string last = ex.header_value(std::string_view("Last-Event-Id"));
+  if (!last.empty()) since = std::max(since, parse_int_or(last, -1, "Last-Event-Id"));
+  std::optional<int> spid;
+  if (auto v = ex.query().get("spid"); v && !v->empty())
+    spid = static_cast<int>(parse_int_or(v, 0, "spid"));
+  bool follow = false;
+  if (auto f = ex.query().get("follow")) follow = *f != "0" && *f != "false";
+
+  auto live = engine_.live(op_uuid);
+  std::vector<store::EventRecord> stored;
+  if (!live) {
+    stored = engine_.meta().events(op_uuid);
+    if (stored.empty() && !engine_.meta().get_operation(op_uuid)->finished_us)
+      return ex.reply_error(425, "the event log is not ready yet");
+  }
+  ex.begin_stream(200, "text/event-stream",
+                  {{"Cache-Control", "no-cache"}, {"X-Accel-Buffering", "no"}});
+  if (!live) {
+    for (const auto& e : stored)
+      if (e.id > since && (!spid || e.spid == *spid)) ex.write(sse_frame(e));
+    return ex.end_stream();
+  }
+  auto keepalive = std::chrono::seconds(cfg_.sse_keepalive_s);
+  for (;;) {
+    bool done_before = live->finished();
+    auto evs = live->events_after(since, spid, follow ? std::chrono::milliseconds(keepalive)
+                                                      : std::chrono::milliseconds(0));
+    std::string buf;
+    bool completed = false;
+    for (const auto& e : evs) {
+      buf += sse_frame(e);
+      since = e.id;
+      if (e.type == "completion") completed = true;
+    }
+    if (!buf.empty()) ex.write(buf);
+    if (completed || !follow || (done_before && evs.empty())) break;
+    if (evs.empty() && !live->finished()) ex.write(": keepalive\n\n");
+  }
+  ex.end_stream();
+}
+
+}  // namespace coppice::api
