@@ -1,0 +1,673 @@
+// The namespace runtime: clone() into new user/mount/pid/net/ipc/uts namespaces (and a cgroup
+// namespace), overlay root, pid 1 = our reaping init, the command with reduced capabilities,
+// no_new_privs and seccomp. See runtime.h for the contract.
+//
+// Process tree of a run:
+//   server thread (run())         clone()  ->  sandbox init (pid 1, our code)
+//                                                 fork -> command (pid 2, execve)
+// Between clone() and execve() the children only use syscalls and data prepared before the
+// clone (ChildPlan): the server is multi-threaded, so malloc or any lock could deadlock.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <limits.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "sandbox/caps.h"
+#include "sandbox/cgroups.h"
+#include "sandbox/child_msg.h"
+#include "sandbox/mounts.h"
+#include "sandbox/network.h"
+#include "sandbox/runtime.h"
+#include "sandbox/seccomp_filter.h"
+#include "sandbox/user_ns.h"
+
+namespace coppice::sandbox {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+constexpr size_t kMaxLayers = 500;
+constexpr size_t kChunk = 64 * 1024;
+constexpr size_t kChildStack = 256 * 1024;
+
+// Everything the sandbox's processes need, built before clone().
+struct ChildPlan {
+  // Owned storage the C-string views below point into.
+  std::vector<std::string> lower_paths;
+  std::string upper, work, merged, hostname, cwd, argv0;
+  std::vector<std::string> argv_store, env_store, candidate_store, file_paths;
+  std::vector<UniqueFd> blob_fds;
+
+  MountPlan mounts;
+  std::vector<char*> argv, envp;
+  std::vector<const char*> candidates;  // full paths to try with execve, in order
+  std::vector<InjectedFile> files;
+  std::vector<int> keep_fds;  // sorted; every other fd is closed in the child
+  uid_t uid = 0;
+  gid_t gid = 0;
+  int sync_rd = -1, status_wr = -1, stdin_rd = -1, stdout_wr = -1, stderr_wr = -1;
+  const CapPolicy* caps = nullptr;
+  const SeccompPolicy* seccomp = nullptr;
+};
+
+// ---------------------------------------------------------------- child side (no allocation)
+
+[[noreturn]] void child_fail(const ChildPlan& p, int status, const ChildMsg& m) {
+  send_error(p.status_wr, status, m);
+  _exit(1);
+}
+
+[[noreturn]] void child_fail_errno(const ChildPlan& p, const char* what) {
+  ChildMsg m;
+  m.add(what).add_errno(errno);
+  child_fail(p, 500, m);
+}
+
+void close_other_fds(const std::vector<int>& keep) {
+  unsigned next = 3;
+  for (int k : keep) {
+    if (k < 3 || static_cast<unsigned>(k) < next) continue;
+    if (static_cast<unsigned>(k) > next) ::syscall(SYS_close_range, next, k - 1, 0);
+    next = static_cast<unsigned>(k) + 1;
+  }
+  ::syscall(SYS_close_range, next, ~0U, 0);
+}
+
+void reset_signals() {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_DFL;
+  for (int s = 1; s < _NSIG; ++s)
+    if (s != SIGKILL && s != SIGSTOP) ::sigaction(s, &sa, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+void move_fd(int from, int to) {
+  if (from == to)
+    ::fcntl(to, F_SETFD, 0);
+  else
+    ::dup2(from, to);
+}
+
+[[noreturn]] void command_main(const ChildPlan& p) {
+  move_fd(p.stdin_rd, 0);
+  move_fd(p.stdout_wr, 1);
+  move_fd(p.stderr_wr, 2);
+  if (drop_bounding_set(*p.caps) != 0) child_fail_errno(p, "drop capability bounding set");
+  if (switch_identity(p.uid, p.gid) != 0) child_fail_errno(p, "switch to the command's uid/gid");
+  if (restrict_capabilities(*p.caps, p.uid == 0) != 0) child_fail_errno(p, "capset");
+  if (::chdir(p.cwd.c_str()) != 0) {
+    int e = errno;
+    ChildMsg m;
+    if (e == ENOENT || e == ENOTDIR)
+      m.add("cwd not found: ").add(p.cwd.c_str());
+    else
+      m.add("cannot change to cwd ").add(p.cwd.c_str()).add_errno(e);
+    child_fail(p, 400, m);
+  }
+  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail_errno(p, "PR_SET_NO_NEW_PRIVS");
+  ::syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
+  if (p.seccomp->install() != 0) child_fail_errno(p, "load seccomp filter");
+
+  int err = ENOENT;
+  if (p.candidates.empty()) {
+    ::execve(p.argv0.c_str(), p.argv.data(), p.envp.data());
+    err = errno;
+  } else {
+    bool eacces = false;
+    for (const char* c : p.candidates) {
+      ::execve(c, p.argv.data(), p.envp.data());
+      if (errno == EACCES) {
+        eacces = true;
+      } else if (errno != ENOENT && errno != ENOTDIR) {
+        err = errno;
+        break;
+      }
+    }
+    if (err == ENOENT && eacces) err = EACCES;
+  }
+  ChildMsg m;
+  m.add("coppice: ").add(p.argv0.c_str()).add_errno(err).add("\n");
+  write_all(2, m.buf, m.len);
+  _exit(err == ENOENT || err == ENOTDIR ? 127 : 126);
+}
+
+// The sandbox's pid 1.
+int init_main(void* arg) {
+  const ChildPlan& p = *static_cast<const ChildPlan*>(arg);
+  close_other_fds(p.keep_fds);
+  reset_signals();
+  char go;
+  ssize_t n;
+  do n = ::read(p.sync_rd, &go, 1);
+  while (n < 0 && errno == EINTR);
+  if (n != 1) _exit(1);  // the server gave up on us
+
+  if (become_namespace_root() != 0) child_fail_errno(p, "setresuid(0) in the user namespace");
+  // Credential changes reset the parent-death signal, so arm it now. The server keeps the
+  // sync pipe's write end open for the whole run: a hangup means it died before that.
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  pollfd pf{p.sync_rd, POLLIN, 0};
+  if (::poll(&pf, 1, 0) > 0 && (pf.revents & (POLLHUP | POLLERR))) _exit(1);
+  ::setsid();
+
+  if (::unshare(CLONE_NEWCGROUP) != 0) child_fail_errno(p, "unshare(CLONE_NEWCGROUP)");
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+    child_fail_errno(p, "make / private");
+  ChildMsg m;
+  if (mount_overlay(p.mounts, m) != 0) child_fail(p, 500, m);
+  if (::chdir(p.merged.c_str()) != 0) child_fail_errno(p, "chdir to the merged root");
+  int created = 0;
+  if (mount_pseudo_filesystems(&created, p.status_wr, m) != 0) child_fail(p, 500, m);
+  if (pivot_into_cwd(m) != 0) child_fail(p, 500, m);
+  int before = created;
+  if (ensure_tmp(&created, m) != 0) child_fail(p, 500, m);
+  if (created != before) send_record(p.status_wr, RecordType::kMountpoints, created);
+  if (::sethostname(p.hostname.data(), p.hostname.size()) != 0) child_fail_errno(p, "sethostname");
+  if (bring_up_loopback() != 0) child_fail_errno(p, "bring up lo");
+  for (const InjectedFile& f : p.files) {
+    int status = 500;
+    if (inject_file(f, &status, m) != 0) child_fail(p, status, m);
+    ::close(f.blob_fd);
+  }
+
+  long pid = ::syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);  // fork without libc's atfork locks
+  if (pid == 0) command_main(p);
+  if (pid < 0) child_fail_errno(p, "fork the command");
+  send_record(p.status_wr, RecordType::kSpawned, static_cast<int32_t>(pid));
+  ::close(p.stdin_rd);
+  ::close(p.stdout_wr);
+  ::close(p.stderr_wr);
+  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);  // the command must not ptrace or read us
+
+  // Reap everything; when the command exits, kill what is left and reap that too, so the
+  // rusage of every process adds up in ours (orphans left at init exit are not accounted).
+  int main_status = 0;
+  bool main_done = false;
+  for (;;) {
+    int st;
+    pid_t w = ::waitpid(-1, &st, __WALL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      break;  // ECHILD
+    }
+    if (w == pid && !main_done) {
+      main_done = true;
+      main_status = st;
+      ::kill(-1, SIGKILL);
+    }
+  }
+  send_record(p.status_wr, RecordType::kExited, static_cast<int32_t>(pid), main_status);
+  _exit(0);
+}
+
+// ---------------------------------------------------------------- parent side
+
+struct Pipe {
+  UniqueFd rd, wr;
+  Pipe() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw sys_error("pipe2");
+    rd.reset(fds[0]);
+    wr.reset(fds[1]);
+  }
+};
+
+void set_nonblock(int fd) {
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+}
+
+bool has_nul(const std::string& s) {
+  return s.find('\0') != std::string::npos;
+}
+
+// Blocks SIGPIPE on this thread while we write the command's stdin, then swallows any
+// pending one: a command that closes stdin early must not kill the server.
+class SigpipeBlock {
+ public:
+  SigpipeBlock() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGPIPE);
+    ::pthread_sigmask(SIG_BLOCK, &set_, &old_);
+  }
+  ~SigpipeBlock() {
+    timespec zero{0, 0};
+    while (::sigtimedwait(&set_, nullptr, &zero) > 0) {
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+
+ private:
+  sigset_t set_, old_;
+};
+
+struct OutputStream {
+  UniqueFd fd;
+  Stream stream;
+  uint64_t total = 0;
+  uint64_t kept = 0;
+};
+
+class NamespaceRuntime final : public Runtime {
+ public:
+  explicit NamespaceRuntime(const NamespaceConfig& cfg)
+      : cfg_(cfg), caps_(docker_default_caps()), cgroups_(cfg.cgroup_name) {}
+
+  std::string name() const override { return "namespace"; }
+  RunResult run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) override;
+
+ private:
+  void validate(const RunSpec& spec) const;
+  void build_plan(const RunSpec& spec, ChildPlan& p) const;
+
+  NamespaceConfig cfg_;
+  CapPolicy caps_;
+  SeccompPolicy seccomp_;
+  CgroupManager cgroups_;
+};
+
+void NamespaceRuntime::validate(const RunSpec& spec) const {
+  if (spec.argv.empty() || spec.argv[0].empty()) throw bad_request("argv must not be empty");
+  if (spec.lower_layers.empty()) throw bad_request("at least one image layer is needed");
+  if (spec.lower_layers.size() > kMaxLayers)
+    throw bad_request(fmt::format("too many image layers: {} (at most {})",
+                                  spec.lower_layers.size(), kMaxLayers));
+  if (spec.run_dir.empty()) throw internal("run_dir is empty");
+  for (const auto& a : spec.argv)
+    if (has_nul(a)) throw bad_request("argv must not contain NUL bytes");
+  for (const auto& e : spec.env)
+    if (has_nul(e) || e.find('=') == std::string::npos)
+      throw bad_request(fmt::format("bad environment entry (want KEY=VALUE): {}", e));
+  if (spec.cwd.empty() || spec.cwd[0] != '/' || has_nul(spec.cwd))
+    throw bad_request(fmt::format("cwd must be an absolute path: {}", spec.cwd));
+  if (spec.uid >= cfg_.uid_range || spec.gid >= cfg_.uid_range)
+    throw bad_request(fmt::format("uid/gid must be below {}", cfg_.uid_range));
+  if (spec.hostname.empty() || spec.hostname.size() > 64 || has_nul(spec.hostname))
+    throw bad_request("hostname must be 1 to 64 bytes");
+  for (const auto& f : spec.files) {
+    if (f.path.empty() || f.path[0] != '/' || has_nul(f.path) || f.path.back() == '/' ||
+        f.path.size() >= PATH_MAX)
+      throw bad_request(fmt::format("file path must be an absolute file path: {}", f.path));
+    if (f.uid >= cfg_.uid_range || f.gid >= cfg_.uid_range)
+      throw bad_request(fmt::format("file {}: uid/gid must be below {}", f.path, cfg_.uid_range));
+  }
+}
+
+void NamespaceRuntime::build_plan(const RunSpec& spec, ChildPlan& p) const {
+  for (const auto& l : spec.lower_layers) p.lower_paths.push_back(l.string());
+  p.upper = (spec.run_dir / "upper").string();
+  p.work = (spec.run_dir / "work").string();
+  p.merged = (spec.run_dir / "merged").string();
+  for (const auto& l : p.lower_paths) p.mounts.lowers.push_back(l.c_str());
+  p.mounts.upper = p.upper.c_str();
+  p.mounts.work = p.work.c_str();
+  p.mounts.merged = p.merged.c_str();
+  p.hostname = spec.hostname;
+  p.cwd = spec.cwd;
+  p.uid = spec.uid;
+  p.gid = spec.gid;
+
+  p.argv_store = spec.argv;
+  p.env_store = spec.env;
+  for (auto& a : p.argv_store) p.argv.push_back(a.data());
+  p.argv.push_back(nullptr);
+  for (auto& e : p.env_store) p.envp.push_back(e.data());
+  p.envp.push_back(nullptr);
+  p.argv0 = spec.argv[0];
+  if (p.argv0.find('/') == std::string::npos) {
+    std::string path = kDefaultPath;
+    for (const auto& e : spec.env)
+      if (e.rfind("PATH=", 0) == 0) path = e.substr(5);
+    size_t start = 0;
+    for (;;) {
+      size_t end = path.find(':', start);
+      std::string dir = path.substr(start, end == std::string::npos ? end : end - start);
+      if (dir.empty()) dir = ".";
+      p.candidate_store.push_back(dir + "/" + p.argv0);
+      if (end == std::string::npos) break;
+      start = end + 1;
+    }
+    for (const auto& c : p.candidate_store) p.candidates.push_back(c.c_str());
+  }
+
+  for (const auto& f : spec.files) {
+    UniqueFd fd(::open(f.host_blob.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) throw sys_error(fmt::format("open file blob {} for {}", f.host_blob.string(), f.path));
+    p.file_paths.push_back(f.path);
+    p.blob_fds.push_back(std::move(fd));
+  }
+  for (size_t i = 0; i < spec.files.size(); ++i)
+    p.files.push_back(InjectedFile{p.file_paths[i].c_str(), p.blob_fds[i].get(),
+                                   static_cast<mode_t>(spec.files[i].mode), spec.files[i].uid,
+                                   spec.files[i].gid});
+  p.caps = &caps_;
+  p.seccomp = &seccomp_;
+}
+
+void prepare_run_dir(const RunSpec& spec, uid_t root) {
+  make_dirs(spec.run_dir, 0755);
+  for (const char* d : {"upper", "work", "merged"}) {
+    fs::path p = spec.run_dir / d;
+    if (::mkdir(p.c_str(), 0755) != 0 && errno != EEXIST) throw sys_error("mkdir " + p.string());
+  }
+  for (const char* d : {"upper", "work"}) {
+    fs::path p = spec.run_dir / d;
+    if (::chown(p.c_str(), root, root) != 0) throw sys_error("chown " + p.string());
+  }
+  if (::chmod((spec.run_dir / "upper").c_str(), 0755) != 0) throw sys_error("chmod upper");
+}
+
+// Kills and reaps the sandbox and removes what the run left, in the right order, whether
+// run() returns or throws.
+struct RunState {
+  std::unique_ptr<RunCgroups> cgroups;
+  fs::path upper;
+  int created_mountpoints = 0;
+  pid_t pid = -1;
+  UniqueFd pidfd;
+  bool reaped = false;
+  int wait_status = 0;
+  rusage usage{};
+  void* stack = nullptr;
+
+  void kill() {
+    if (pid <= 0 || reaped) return;
+    if (cgroups) cgroups->kill_all();
+    if (pidfd)
+      ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+    else
+      ::kill(pid, SIGKILL);
+  }
+  void reap() {
+    if (pid <= 0 || reaped) return;
+    while (::wait4(pid, &wait_status, __WALL, &usage) < 0 && errno == EINTR) {
+    }
+    reaped = true;
+  }
+  ~RunState() {
+    if (pid > 0 && !reaped) {
+      kill();
+      reap();
+    }
+    if (cgroups) cgroups->remove();
+    if (created_mountpoints) remove_created_mountpoints(upper, created_mountpoints);
+    if (stack) ::munmap(stack, kChildStack);
+  }
+};
+
+RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) {
+  validate(spec);
+  prepare_run_dir(spec, cfg_.uid_base);
+  ChildPlan p;
+  build_plan(spec, p);
+
+  Pipe sync, status, in, out, err;
+  p.sync_rd = sync.rd.get();
+  p.status_wr = status.wr.get();
+  p.stdin_rd = in.rd.get();
+  p.stdout_wr = out.wr.get();
+  p.stderr_wr = err.wr.get();
+  p.keep_fds = {p.sync_rd, p.status_wr, p.stdin_rd, p.stdout_wr, p.stderr_wr};
+  for (const auto& f : p.blob_fds) p.keep_fds.push_back(f.get());
+  std::sort(p.keep_fds.begin(), p.keep_fds.end());
+
+  RunState st;
+  st.upper = spec.run_dir / "upper";
+  CgroupLimits lim;
+  lim.memory_bytes =
+      spec.limits.memory_bytes ? spec.limits.memory_bytes : cfg_.default_memory_bytes;
+  lim.pids = spec.limits.pids ? spec.limits.pids : cfg_.default_pids;
+  lim.cpus = spec.limits.cpus;
+  st.cgroups = cgroups_.create(lim);
+
+  st.stack = ::mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (st.stack == MAP_FAILED) {
+    st.stack = nullptr;
+    throw sys_error("mmap child stack");
+  }
+  SigpipeBlock sigpipe;  // before clone: the child resets its mask itself
+
+  const int flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC |
+                    CLONE_NEWUTS | CLONE_PIDFD | SIGCHLD;
+  int pidfd = -1;
+  auto t0 = Clock::now();
+  pid_t pid = ::clone(init_main, static_cast<char*>(st.stack) + kChildStack, flags, &p, &pidfd);
+  if (pid < 0) throw sys_error("clone sandbox");
+  st.pid = pid;
+  st.pidfd.reset(pidfd);
+  // Our copies of the child's ends.
+  sync.rd.reset();
+  status.wr.reset();
+  in.rd.reset();
+  out.wr.reset();
+  err.wr.reset();
+  p.blob_fds.clear();
+
+  write_id_maps(pid, cfg_.uid_base, cfg_.uid_range);
+  st.cgroups->attach(pid);
+  if (::write(sync.wr.get(), "g", 1) != 1) throw sys_error("release sandbox");
+  // sync.wr stays open until the end of the run (the child's "server alive" check).
+
+  RunResult r;
+  OutputStream streams[2] = {{std::move(out.rd), Stream::kStdout},
+                             {std::move(err.rd), Stream::kStderr}};
+  for (auto& s : streams) set_nonblock(s.fd.get());
+  set_nonblock(status.rd.get());
+  UniqueFd stdin_wr = std::move(in.wr);
+  size_t stdin_off = 0;
+  if (spec.stdin_data.empty())
+    stdin_wr.reset();
+  else
+    set_nonblock(stdin_wr.get());
+
+  std::string status_buf;
+  bool setup_error = false, have_exit = false;
+  int error_status = 500, exit_status = 0;
+  std::string error_msg;
+  std::vector<char> buf(kChunk);
+
+  auto read_status = [&]() {
+    for (;;) {
+      ssize_t n = ::read(status.rd.get(), buf.data(), buf.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        if (n == 0) status.rd.reset();
+        break;
+      }
+      status_buf.append(buf.data(), static_cast<size_t>(n));
+    }
+    while (status_buf.size() >= sizeof(StatusRecord)) {
+      StatusRecord rec;
+      memcpy(&rec, status_buf.data(), sizeof rec);
+      status_buf.erase(0, sizeof rec);
+      rec.msg[sizeof rec.msg - 1] = 0;
+      switch (rec.type) {
+        case RecordType::kMountpoints:
+          st.created_mountpoints |= rec.a;
+          break;
+        case RecordType::kSpawned:
+          r.pid = rec.a;
+          observer.on_spawn(rec.a);
+          break;
+        case RecordType::kSetupError:
+          if (!setup_error) {
+            setup_error = true;
+            error_status = rec.status;
+            error_msg = rec.msg;
+          }
+          break;
+        case RecordType::kExited:
+          have_exit = true;
+          exit_status = rec.b;
+          break;
+      }
+    }
+  };
+  auto read_output = [&](OutputStream& s) {
+    for (int i = 0; i < 16; ++i) {  // bounded, so one busy stream cannot starve the rest
+      ssize_t n = ::read(s.fd.get(), buf.data(), buf.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        if (n == 0) s.fd.reset();
+        return;
+      }
+      uint64_t un = static_cast<uint64_t>(n);
+      s.total += un;
+      if (s.kept < spec.truncate_output_at) {
+        size_t keep = static_cast<size_t>(std::min<uint64_t>(un, spec.truncate_output_at - s.kept));
+        s.kept += keep;
+        observer.on_output(s.stream, std::string_view(buf.data(), keep));
+      }
+      if (un < buf.size()) return;
+    }
+  };
+
+  const auto deadline = t0 + spec.timeout;
+  bool killed = false, exited = false;
+  auto kill_sandbox = [&]() {
+    killed = true;
+    st.kill();
+  };
+  while (!exited) {
+    pollfd fds[6];
+    int nfds = 0, i_out = -1, i_err = -1, i_status = -1, i_in = -1, i_cancel = -1;
+    if (streams[0].fd) i_out = nfds, fds[nfds++] = {streams[0].fd.get(), POLLIN, 0};
+    if (streams[1].fd) i_err = nfds, fds[nfds++] = {streams[1].fd.get(), POLLIN, 0};
+    if (status.rd) i_status = nfds, fds[nfds++] = {status.rd.get(), POLLIN, 0};
+    if (stdin_wr) i_in = nfds, fds[nfds++] = {stdin_wr.get(), POLLOUT, 0};
+    if (!killed) i_cancel = nfds, fds[nfds++] = {cancel.fd(), POLLIN, 0};
+    int i_pid = nfds;
+    fds[nfds++] = {st.pidfd.get(), POLLIN, 0};
+    int timeout_ms = -1;
+    if (!killed) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      timeout_ms = static_cast<int>(std::clamp<int64_t>(left, 0, 1 << 30));
+    }
+    int rc = ::poll(fds, static_cast<nfds_t>(nfds), timeout_ms);
+    if (rc < 0) {
+      if (errno == EINTR) continue;
+      throw sys_error("poll sandbox");
+    }
+    if (!killed && Clock::now() >= deadline) {
+      r.timed_out = true;
+      kill_sandbox();
+    }
+    if (i_out >= 0 && fds[i_out].revents) read_output(streams[0]);
+    if (i_err >= 0 && fds[i_err].revents) read_output(streams[1]);
+    if (i_status >= 0 && fds[i_status].revents) read_status();
+    if (i_in >= 0 && fds[i_in].revents) {
+      if (fds[i_in].revents & (POLLERR | POLLHUP)) {
+        stdin_wr.reset();
+      } else {
+        ssize_t n = ::write(stdin_wr.get(), spec.stdin_data.data() + stdin_off,
+                            std::min<size_t>(spec.stdin_data.size() - stdin_off, kChunk));
+        if (n > 0) stdin_off += static_cast<size_t>(n);
+        if ((n < 0 && errno != EAGAIN && errno != EINTR) || stdin_off == spec.stdin_data.size())
+          stdin_wr.reset();
+      }
+    }
+    if (i_cancel >= 0 && fds[i_cancel].revents && !killed) {
+      r.cancelled = true;
+      kill_sandbox();
+    }
+    if (fds[i_pid].revents) exited = true;
+  }
+  stdin_wr.reset();
+  st.reap();
+  auto elapsed = Clock::now() - t0;
+  // Every process of the sandbox is gone: drain what is left in the pipes.
+  auto drain_deadline = Clock::now() + std::chrono::seconds(2);
+  while ((streams[0].fd || streams[1].fd || status.rd) && Clock::now() < drain_deadline) {
+    pollfd fds[3];
+    int nfds = 0;
+    for (auto& s : streams)
+      if (s.fd) fds[nfds++] = {s.fd.get(), POLLIN, 0};
+    if (status.rd) fds[nfds++] = {status.rd.get(), POLLIN, 0};
+    if (::poll(fds, static_cast<nfds_t>(nfds), 100) <= 0) continue;
+    for (auto& s : streams)
+      if (s.fd) read_output(s);
+    if (status.rd) read_status();
+  }
+  if (status.rd) read_status();
+
+  CgroupStats cs = st.cgroups->stats();
+  st.cgroups->remove();
+  if (st.created_mountpoints) {
+    remove_created_mountpoints(st.upper, st.created_mountpoints);
+    st.created_mountpoints = 0;
+  }
+  if (setup_error) throw Error(error_status, "sandbox setup failed: " + error_msg);
+
+  int ws;
+  if (have_exit) {
+    ws = exit_status;
+  } else if (killed) {
+    ws = SIGKILL;  // the command died with the namespace
+  } else if (WIFSIGNALED(st.wait_status)) {
+    ws = st.wait_status;  // init itself was killed (e.g. by the OOM killer)
+  } else {
+    throw internal(
+        fmt::format("sandbox init exited without reporting (wait status {:#x})", st.wait_status));
+  }
+  if (WIFEXITED(ws)) {
+    r.exit_code = WEXITSTATUS(ws);
+    r.signal = -1;
+  } else if (WIFSIGNALED(ws)) {
+    r.signal = WTERMSIG(ws);
+    r.exit_code = 128 + r.signal;
+    r.core_dump = WCOREDUMP(ws);
+  }
+  r.oom_killed = cs.oom_killed;
+  r.stdout_bytes = streams[0].total;
+  r.stderr_bytes = streams[1].total;
+
+  Resources& res = r.resources;
+  const rusage& u = st.usage;
+  res.elapsed_s = std::chrono::duration<double>(elapsed).count();
+  res.user_time_us = cs.user_us.value_or(u.ru_utime.tv_sec * 1000000 + u.ru_utime.tv_usec);
+  res.sys_time_us = cs.system_us.value_or(u.ru_stime.tv_sec * 1000000 + u.ru_stime.tv_usec);
+  res.max_rss_kb = u.ru_maxrss;
+  res.memory_peak_bytes = cs.memory_peak_bytes;
+  res.shared_memory = u.ru_ixrss;
+  res.unshared_memory = u.ru_idrss + u.ru_isrss;
+  res.swaps = u.ru_nswap;
+  res.minor_faults = u.ru_minflt;
+  res.major_faults = u.ru_majflt;
+  res.voluntary_ctx_switches = u.ru_nvcsw;
+  res.involuntary_ctx_switches = u.ru_nivcsw;
+  res.block_input_ops = u.ru_inblock;
+  res.block_output_ops = u.ru_oublock;
+  res.ipc_msgs_sent = u.ru_msgsnd;
+  res.ipc_msgs_received = u.ru_msgrcv;
+  res.signals_received = u.ru_nsignals;
+  return r;
+}
+
+}  // namespace
+
+std::unique_ptr<Runtime> make_namespace_runtime(const NamespaceConfig& cfg) {
+  return std::make_unique<NamespaceRuntime>(cfg);
+}
+
+}  // namespace coppice::sandbox
