@@ -136,12 +136,17 @@ class Searcher {
         truncated_ = stop_ = true;
         return store::LayerView::Walk::kStop;
       }
-      if (S_ISREG(e.st.st_mode) && glob_ok(e) && searched_.insert(e.path).second) search_file(e);
+      if (S_ISREG(e.st.st_mode) && glob_ok(e) && first_visit(e)) search_file(e);
       return stop_ ? store::LayerView::Walk::kStop : store::LayerView::Walk::kContinue;
     });
   }
 
  private:
+  // Overlapping paths ("/" and "/etc") search each file once.
+  bool first_visit(const store::Entry& e) {
+    return q_.paths.size() <= 1 || searched_.insert(e.path).second;
+  }
+
   bool glob_ok(const store::Entry& e) const {
     bool any_include = false, included = false;
     std::string_view rel = std::string_view(e.path).substr(1);
@@ -289,6 +294,8 @@ nlohmann::json grep(const store::LayerView& view, const GrepQuery& q) {
     if (!combined.empty()) combined += '|';
     combined += "(?:" + p + ")";
   }
+  auto patterns_json = nlohmann::json::array();
+  for (const auto& p : q.patterns) patterns_json.push_back(detail::valid_utf8(p));
   RE2 re(combined, opts);
   if (!re.ok()) throw bad_request(fmt::format("invalid patterns: {}", re.error()));
 
@@ -301,7 +308,7 @@ nlohmann::json grep(const store::LayerView& view, const GrepQuery& q) {
     if (s.stopped()) break;
   }
   return {{"path", detail::valid_utf8(paths.front())},
-          {"patterns", q.patterns},
+          {"patterns", patterns_json},
           {"truncated", s.truncated()},
           {"matches", std::move(s.matches())}};
 }

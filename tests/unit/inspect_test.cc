@@ -161,6 +161,22 @@ TEST_F(InspectTest, ListFollowsSymlinkAndMergesLayers) {
   EXPECT_EQ(status_of([&] { list_json(v, "etc"); }), 400);
 }
 
+TEST_F(InspectTest, NonUtf8NamesAndContentStaySerializable) {
+  file(0, "odd/bad\xff\xfename", "caf\xe9 latin1 needle\n");
+  auto v = view();
+  auto j = list_json(v, "/odd");
+  EXPECT_NO_THROW(j.dump());
+  EXPECT_EQ(j["files"][0]["path"], "bad\xEF\xBF\xBD\xEF\xBF\xBDname");
+  GrepQuery q;
+  q.patterns = {"needle"};
+  q.paths = {"/odd"};
+  auto r = grep(v, q);
+  EXPECT_NO_THROW(r.dump());
+  ASSERT_EQ(r["matches"].size(), 1u);
+  EXPECT_EQ(r["matches"][0]["submatches"][0]["start"], 12);  // byte offsets in the raw line
+  EXPECT_EQ(r["matches"][0]["line_bytes"], 18);
+}
+
 TEST_F(InspectTest, ListText) {
   auto v = view();
   std::string t = list_text(v, "/usr/bin");
