@@ -219,7 +219,10 @@ std::unique_ptr<RunCgroups> CgroupManager::create(const CgroupLimits& limits) {
     int err = 0;
     if (!write_value(file, value, &err)) throw sys_error("write " + value + " to " + file, err);
   };
-  if (!v2_.empty()) run->v2_ = make(v2_);
+  if (!v2_.empty()) {
+    run->v2_ = make(v2_);
+    run->v2_fd_ = ::open(run->v2_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  }
   if (pure_v2_ && !run->v2_.empty()) {
     const std::string& g = run->v2_;
     run->memory_ = g;
@@ -254,17 +257,30 @@ std::unique_ptr<RunCgroups> CgroupManager::create(const CgroupLimits& limits) {
 }
 
 RunCgroups::~RunCgroups() {
-  if (removed_) return;
-  kill_all();
-  remove();
+  if (!removed_) {
+    kill_all();
+    remove();
+  }
+  if (v2_fd_ >= 0) ::close(v2_fd_);
+  for (int fd : task_fds_) ::close(fd);
 }
 
-void RunCgroups::attach(pid_t pid) {
-  std::string p = std::to_string(pid);
+std::vector<int> RunCgroups::open_v1_task_files() {
   for (const std::string& d : dirs_) {
-    int err = 0;
-    if (!write_value(d + "/cgroup.procs", p, &err)) throw sys_error("attach to cgroup " + d, err);
+    if (d == v2_) continue;
+    std::string f = d + "/tasks";
+    int fd = ::open(f.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd < 0) throw sys_error("open " + f);
+    task_fds_.push_back(fd);
   }
+  return task_fds_;
+}
+
+void RunCgroups::attach_v2(pid_t pid) {
+  if (v2_.empty()) return;
+  int err = 0;
+  if (!write_value(v2_ + "/cgroup.procs", std::to_string(pid), &err))
+    throw sys_error("attach to cgroup " + v2_, err);
 }
 
 bool RunCgroups::kill_all() {

@@ -72,8 +72,17 @@ class RunCgroups {
   RunCgroups(const RunCgroups&) = delete;
   RunCgroups& operator=(const RunCgroups&) = delete;
 
-  // Moves `pid` (host pid) into every group. Throws coppice::Error.
-  void attach(pid_t pid);
+  // A directory fd of the cgroup2 group for clone3(CLONE_INTO_CGROUP), or -1. Creating the
+  // process inside the group avoids the cgroup.procs write, whose global lock costs an RCU
+  // grace period (~10 ms on this host) per run.
+  int v2_fd() const { return v2_fd_; }
+  // Moving another process in through cgroup.procs takes the same global lock, so the v1
+  // groups are joined by the sandbox's init itself: it writes "0" to these `tasks` files
+  // (opened here, before clone) as its first action. Throws coppice::Error.
+  std::vector<int> open_v1_task_files();
+  // Moves `pid` (host pid) into the cgroup2 group through cgroup.procs (the fallback when
+  // clone3(CLONE_INTO_CGROUP) is unavailable). Throws coppice::Error.
+  void attach_v2(pid_t pid);
   // Kills every process in the groups (cgroup.kill when available, else SIGKILL to the pids
   // listed in cgroup.procs). Returns whether cgroup.kill was used.
   bool kill_all();
@@ -88,6 +97,8 @@ class RunCgroups {
   std::string memory_;             // the group with memory files (v1 memory or v2)
   bool memory_is_v2_ = false;
   std::string v2_;  // cgroup2 group (cpu.stat, cgroup.kill)
+  int v2_fd_ = -1;
+  std::vector<int> task_fds_;
   bool removed_ = false;
 };
 

@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <limits.h>
+#include <linux/sched.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -64,6 +65,7 @@ struct ChildPlan {
   uid_t uid = 0;
   gid_t gid = 0;
   int sync_rd = -1, status_wr = -1, stdin_rd = -1, stdout_wr = -1, stderr_wr = -1;
+  std::vector<int> cgroup_task_fds;  // v1 `tasks` files init writes "0" to (joins itself)
   const CapPolicy* caps = nullptr;
   const SeccompPolicy* seccomp = nullptr;
 };
@@ -157,6 +159,11 @@ int init_main(void* arg) {
   const ChildPlan& p = *static_cast<const ChildPlan*>(arg);
   close_other_fds(p.keep_fds);
   reset_signals();
+  // Join the v1 cgroups first, before we allocate anything (still host root here).
+  for (int fd : p.cgroup_task_fds) {
+    if (::write(fd, "0", 1) != 1) child_fail_errno(p, "join cgroup v1 (tasks)");
+    ::close(fd);
+  }
   char go;
   ssize_t n;
   do n = ::read(p.sync_rd, &go, 1);
@@ -429,7 +436,6 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   p.stderr_wr = err.wr.get();
   p.keep_fds = {p.sync_rd, p.status_wr, p.stdin_rd, p.stdout_wr, p.stderr_wr};
   for (const auto& f : p.blob_fds) p.keep_fds.push_back(f.get());
-  std::sort(p.keep_fds.begin(), p.keep_fds.end());
 
   RunState st;
   st.upper = spec.run_dir / "upper";
@@ -439,6 +445,9 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   lim.pids = spec.limits.pids ? spec.limits.pids : cfg_.default_pids;
   lim.cpus = spec.limits.cpus;
   st.cgroups = cgroups_.create(lim);
+  p.cgroup_task_fds = st.cgroups->open_v1_task_files();
+  for (int fd : p.cgroup_task_fds) p.keep_fds.push_back(fd);
+  std::sort(p.keep_fds.begin(), p.keep_fds.end());
 
   st.stack = ::mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
@@ -448,12 +457,34 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   }
   SigpipeBlock sigpipe;  // before clone: the child resets its mask itself
 
-  const int flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC |
-                    CLONE_NEWUTS | CLONE_PIDFD | SIGCHLD;
+  const uint64_t ns_flags =
+      CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
   int pidfd = -1;
+  bool in_v2 = false;
   auto t0 = Clock::now();
-  pid_t pid = ::clone(init_main, static_cast<char*>(st.stack) + kChildStack, flags, &p, &pidfd);
-  if (pid < 0) throw sys_error("clone sandbox");
+  pid_t pid = -1;
+  if (st.cgroups->v2_fd() >= 0) {
+    // clone3 into the cgroup2 group, fork-like (no new stack: the child continues on a
+    // copy of ours, which is safe without CLONE_VM).
+    clone_args ca{};
+    ca.flags = ns_flags | CLONE_PIDFD | CLONE_INTO_CGROUP;
+    ca.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+    ca.exit_signal = SIGCHLD;
+    ca.cgroup = static_cast<uint64_t>(st.cgroups->v2_fd());
+    long rc = ::syscall(SYS_clone3, &ca, sizeof ca);
+    if (rc == 0) _exit(init_main(&p));
+    if (rc > 0) {
+      pid = static_cast<pid_t>(rc);
+      in_v2 = true;
+    } else if (errno != ENOSYS && errno != EINVAL && errno != E2BIG && errno != EOPNOTSUPP) {
+      throw sys_error("clone3 sandbox");
+    }
+  }
+  if (pid < 0) {
+    pid = ::clone(init_main, static_cast<char*>(st.stack) + kChildStack,
+                  static_cast<int>(ns_flags) | CLONE_PIDFD | SIGCHLD, &p, &pidfd);
+    if (pid < 0) throw sys_error("clone sandbox");
+  }
   st.pid = pid;
   st.pidfd.reset(pidfd);
   // Our copies of the child's ends.
@@ -465,7 +496,7 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   p.blob_fds.clear();
 
   write_id_maps(pid, cfg_.uid_base, cfg_.uid_range);
-  st.cgroups->attach(pid);
+  if (!in_v2) st.cgroups->attach_v2(pid);
   if (::write(sync.wr.get(), "g", 1) != 1) throw sys_error("release sandbox");
   // sync.wr stays open until the end of the run (the child's "server alive" check).
 
