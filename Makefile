@@ -30,7 +30,7 @@ run: build
 # Every test: unit tests (GoogleTest), then integration tests against the real server (pytest).
 test: build
 	cd $(BUILD) && ctest --output-on-failure
-	COPPICED=$(CURDIR)/$(BUILD)/coppiced python3 -m pytest -q tests/integration
+	COPPICED=$(CURDIR)/$(BUILD)/coppiced /usr/bin/python3 -m pytest -q tests/integration
 
 unit: build
 	$(BUILD)/coppice_unit_tests

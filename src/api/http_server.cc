@@ -140,10 +140,11 @@ void HttpServer::serve(tcp::socket sock) {
         ::unlink(tmp.c_str());
         keep = ex.keep_alive();
       } else {
+        bool too_big = hp.content_length() && *hp.content_length() > cfg.max_json_body;
         http::request_parser<http::string_body> sp(std::move(hp));
         sp.body_limit(cfg.max_json_body);
-        http::read(sock, buf, sp, ec);
-        if (ec == http::error::body_limit) {
+        if (!too_big) http::read(sock, buf, sp, ec);
+        if (too_big || ec == http::error::body_limit) {
           Exchange ex(sock, sp.get().base(), "");
           ex.reply_error(413, fmt::format("request body is larger than {} bytes", cfg.max_json_body));
           break;

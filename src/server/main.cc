@@ -12,6 +12,7 @@
 #include <thread>
 
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "api/http_server.h"
@@ -55,6 +56,9 @@ int serve(const Paths& paths, const ServeOptions& o) {
   store::LayerStore layers(paths.data_dir, o.durable);
   auto meta = store::open_sqlite_store(layers.db_path());
   sandbox::NamespaceConfig ns;
+  // One cgroup subtree per data directory, so that two servers on one host (tests, staging)
+  // never clean up each other's sandboxes during startup recovery.
+  ns.cgroup_name = "coppice-" + sha256_hex(layers.root().string()).substr(0, 12);
   ns.default_memory_bytes = o.memory_mb << 20;
   ns.default_pids = o.pids;
   auto runtime = sandbox::make_namespace_runtime(ns);
@@ -146,6 +150,9 @@ int main(int argc, char** argv) {
   }
 
   CLI11_PARSE(app, argc, argv);
+  // Logs go to stderr; stdout carries only command results (tokens, image ids, the port).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("coppiced"));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %l %v");
   try {
     if (*serve_cmd) return serve(paths, so);
     store::LayerStore layers(paths.data_dir, true);

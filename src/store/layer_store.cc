@@ -1,7 +1,10 @@
 #include "store/layer_store.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <fmt/format.h>
 
 #include "common/error.h"
 #include "common/fd.h"
@@ -11,6 +14,19 @@ namespace coppice::store {
 
 LayerStore::LayerStore(fs::path root, bool durable) : root_(std::move(root)), durable_(durable) {
   make_dirs(root_, 0711);
+  root_ = fs::absolute(root_);
+  // Sandboxes mount layers as an unprivileged uid: every directory above a layer must be
+  // searchable by others.
+  struct stat st;
+  if (::stat(root_.c_str(), &st) == 0 && !(st.st_mode & S_IXOTH))
+    ::chmod(root_.c_str(), (st.st_mode & 07777) | 0011);
+  for (fs::path p = root_.parent_path(); !p.empty(); p = p.parent_path()) {
+    if (::stat(p.c_str(), &st) == 0 && !(st.st_mode & S_IXOTH))
+      throw internal(fmt::format("data dir {}: {} is not searchable by other users (chmod o+x "
+                                 "it, or choose another --data-dir)",
+                                 root_.string(), p.string()));
+    if (p == p.parent_path()) break;
+  }
   for (const char* sub : {"layers", "runs", "files", "tmp"}) make_dirs(root_ / sub, 0711);
 }
 

@@ -1,0 +1,55 @@
+"""Integration fixtures: a real coppiced on loopback with its own data directory."""
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from coppice_client import Client, Server
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+COPPICED = os.environ.get("COPPICED", str(ROOT / "build" / "coppiced"))
+
+
+def admin(data_dir, *args):
+    out = subprocess.run([COPPICED, *args, "--data-dir", str(data_dir)], check=True,
+                         capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def coppiced_bin():
+    assert os.path.exists(COPPICED), f"build coppiced first ({COPPICED})"
+    return COPPICED
+
+
+@pytest.fixture(scope="session")
+def server(coppiced_bin):
+    data = pathlib.Path(tempfile.mkdtemp(prefix="coppice-it-", dir="/var/tmp"))
+    admin(data, "image", "bootstrap", "busybox")
+    srv = Server(coppiced_bin, data)
+    srv.token = admin(data, "token", "create", "--project", "alpha")
+    srv.other_token = admin(data, "token", "create", "--project", "beta")
+    srv.start()
+    yield srv
+    srv.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture()
+def client(server):
+    return Client(server.url, server.token)
+
+
+@pytest.fixture()
+def other(server):
+    return Client(server.url, server.other_token)
+
+
+@pytest.fixture()
+def busybox(client):
+    imgs = client.get("/v1/images", params={"tag": "busybox:latest"}).json()["images"]
+    assert imgs and imgs[0]["tag"] == "busybox:latest"
+    return imgs[0]["uuid"]

@@ -1,0 +1,93 @@
+"""Hostile code: what a sandbox must not be able to do (and the server keeps serving)."""
+import os
+import socket
+import threading
+import time
+
+from coppice_client import stdout_of
+
+
+def run_out(client, image, cmd, **kw):
+    kw.setdefault("disposable", True)
+    op = client.run(image, cmd, **kw)
+    assert op["status"] == "SUCCESS", op
+    return stdout_of(op)
+
+
+def test_no_network(client, busybox):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    try:
+        out = run_out(client, busybox,
+                      f"cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; "
+                      f"wget -T 2 -q -O - http://127.0.0.1:{port}/ >/dev/null 2>&1; echo rc=$?; "
+                      f"wget -T 2 -q -O - http://10.0.2.2/ >/dev/null 2>&1; echo rc=$?")
+        assert out.splitlines()[0] == "lo" and len(out.splitlines()) == 3
+        assert "rc=0" not in out
+    finally:
+        srv.close()
+
+
+def test_cannot_see_host_processes_or_files(client, busybox):
+    out = run_out(client, busybox, "echo $$; ls /proc | grep -c '^[0-9]'; ls /; "
+                                   "cat /etc/hostname; test -e /work && echo HOSTFS")
+    lines = out.splitlines()
+    assert int(lines[1]) <= 4  # init, sh, ls, grep
+    assert "HOSTFS" not in out
+    assert str(os.getpid()) not in run_out(client, busybox, "ls /proc")
+
+
+def test_cannot_mount_or_load_modules_or_escape_ns(client, busybox):
+    out = run_out(client, busybox,
+                  "mount -t tmpfs x /mnt 2>/dev/null; echo mount=$?; "
+                  "insmod /nonexistent.ko 2>/dev/null; echo insmod=$?; "
+                  "unshare -r true 2>/dev/null; echo unshare=$?; "
+                  "nsenter -t 1 -m true 2>/dev/null; echo nsenter=$?; "
+                  "chroot / true; echo chroot=$?")
+    assert "mount=0" not in out
+    assert "insmod=0" not in out
+    assert "unshare=0" not in out
+    assert "nsenter=0" not in out
+
+
+def test_root_in_sandbox_is_not_host_root(client, busybox):
+    op = client.run(busybox, "id -u; echo pwn > /owned", disposable=False)
+    assert stdout_of(op) == "0\n"
+    # the layer file on the host belongs to the unprivileged range, never to host root
+    found = []
+    for root, _, files in os.walk(os.path.join(client_data_dir(client), "layers")):
+        if "owned" in files:
+            found.append(os.stat(os.path.join(root, "owned")).st_uid)
+    assert found and all(uid >= 100000 for uid in found)
+
+
+def client_data_dir(client):
+    # the session server's data dir is the only coppice-it-* dir with our server.log
+    import glob
+    dirs = sorted(glob.glob("/var/tmp/coppice-it-*"), key=os.path.getmtime)
+    return dirs[-1]
+
+
+def test_ptrace_cannot_reach_outside(client, busybox):
+    out = run_out(client, busybox, "ls /proc/1/root/ >/dev/null 2>&1; echo rc=$?; "
+                                   "cat /proc/1/cmdline | tr '\\0' ' '")
+    # pid 1 inside is the sandbox's own init, not the host's
+    assert "/sbin/init" not in out and "systemd" not in out
+
+
+def test_endless_output_does_not_block_others(client, busybox):
+    slow = client.spawn(busybox, "yes", timeout=3, disposable=True, truncate_output_at=1000)
+    t0 = time.time()
+    assert run_out(client, busybox, "echo quick") == "quick\n"
+    assert time.time() - t0 < 5
+    st = client.wait(slow)["metadata"]["result"]
+    assert st["state"]["timed_out"] and st["stdout"]["truncated"]
+
+
+def test_memory_hog_does_not_hurt_host(client, busybox):
+    op = client.run(busybox, "head -c 3000m /dev/zero | sort >/dev/null", timeout=60,
+                    disposable=True)
+    assert op["status"] == "SUCCESS"
+    assert op["metadata"]["result"]["state"]["exit_code"] != 0

@@ -1,0 +1,132 @@
+"""Run semantics: snapshots, deletions across layers, disposable runs, limits, cancel."""
+import time
+
+from coppice_client import stdout_of
+
+
+def test_nothing_changed_gives_same_uuid(client, busybox):
+    op = client.run(busybox, "cat /etc/passwd > /dev/null")
+    assert op["result_image_uuid"] == busybox
+
+
+def test_disposable_has_null_result(client, busybox):
+    op = client.run(busybox, "echo x > /y", disposable=True)
+    assert op["status"] == "SUCCESS"
+    assert op["result_image_uuid"] is None and op["result"]["image"] is None
+    assert client.events(op["uuid"])[-1]["data"]["result_image_uuid"] is None
+
+
+def test_deletions_and_opaque_dirs_across_layers(client, busybox):
+    a = client.run(busybox, "mkdir -p /w/sub && echo 1 > /w/sub/f && echo 2 > /w/g")[
+        "result_image_uuid"]
+    b = client.run(a, "rm /w/g && rm -rf /w/sub && mkdir /w/sub && echo new > /w/sub/h")[
+        "result_image_uuid"]
+    c = client.run(b, "ls /w /w/sub; rm /bin/vi")["result_image_uuid"]
+    out = stdout_of(client.run(c, "ls /w; echo --; ls /w/sub; test -e /bin/vi || echo novi"))
+    assert out == "sub\n--\nh\nnovi\n"
+    names = [f["path"] for f in client.get(f"/v1/inspect/{c}/list",
+                                           params={"path": "/w/sub"}).json()["files"]]
+    assert names == ["h"]
+    assert client.get(f"/v1/inspect/{c}/download", params={"path": "/bin/vi"}).status == 404
+    assert stdout_of(client.run(a, "cat /w/g")) == "2\n"
+
+
+def test_nonzero_exit_is_success(client, busybox):
+    op = client.run(busybox, "exit 3")
+    assert op["status"] == "SUCCESS" and op["metadata"]["result"]["state"]["exit_code"] == 3
+
+
+def test_missing_command_exit_127(client, busybox):
+    op = client.run(busybox, "/no/such/binary", shell=False)
+    assert op["status"] == "SUCCESS"
+    assert op["metadata"]["result"]["state"]["exit_code"] == 127
+
+
+def test_args_env_cwd_uid_hostname_stdin(client, busybox):
+    op = client.run(busybox, "/bin/sh", shell=False,
+                    args=["-c", 'echo "$FOO $(pwd) $(id -u):$(id -g) $(hostname)"; cat'],
+                    env={"FOO": "bar"}, cwd="/tmp", uid=1000, gid=1001, hostname="box1",
+                    stdin={"value": "aW5wdXQ=", "encoding": "base64"})
+    assert stdout_of(op) == "bar /tmp 1000:1001 box1\ninput"
+    spawn = [e for e in client.events(op["uuid"]) if e["type"] == "spawn"][0]["data"]
+    assert spawn["command"] == "/bin/sh" and spawn["uid"] == 1000
+
+
+def test_preserve_env(client, busybox):
+    img = client.run(busybox, "touch /marker", env={"KEEP": "yes"},
+                     preserve_env=True)["result_image_uuid"]
+    assert stdout_of(client.run(img, "echo $KEEP")) == "yes\n"
+
+
+def test_timeout_kills_everything(client, busybox):
+    t0 = time.time()
+    op = client.run(busybox, "setsid sleep 100 & sleep 100", timeout=1)
+    assert time.time() - t0 < 10
+    st = op["metadata"]["result"]["state"]
+    assert st["timed_out"] is True and st["signal"] == 9
+    ex = [e for e in client.events(op["uuid"]) if e["type"] == "exit"][0]
+    assert ex["data"]["timed_out"] is True
+
+
+def test_output_cap_and_truncated_event(client, busybox):
+    op = client.run(busybox, "yes | head -c 100000; echo err >&2", truncate_output_at=1000)
+    out = op["metadata"]["result"]["stdout"]
+    assert out["truncated"] is True and len(out["value"]) == 1000
+    ev = client.events(op["uuid"])
+    tr = [e for e in ev if e["type"] == "truncated"]
+    assert tr and tr[0]["data"] == {"stream": "stdout", "bytes_emitted": 1000,
+                                    "bytes_dropped": 99000}
+    assert sum(len(e["data"]["value"]) for e in ev if e["type"] == "stdout") == 1000
+
+
+def test_binary_output_is_base64(client, busybox):
+    op = client.run(busybox, "printf '\\001\\002\\377'")
+    assert op["metadata"]["result"]["stdout"]["encoding"] == "base64"
+    assert op["metadata"]["result"]["stdout"]["value"] == "AQL/"
+
+
+def test_max_layer_bytes_size_cap(client, busybox):
+    op = client.run(busybox, "head -c 2000000 /dev/zero > /big",
+                    resources_limits={"max_layer_bytes": 100000})
+    assert op["status"] == "FAILED" and "max_layer_bytes" in op["error"]
+    assert op["result_image_uuid"] is None
+    assert any(e["type"] == "size_cap" for e in client.events(op["uuid"]))
+
+
+def test_oom_is_reported(client, busybox):
+    # the default sandbox memory limit is 1 GiB; ask a pipe to buffer 2 GiB in memory
+    op = client.run(busybox, "head -c 2000m /dev/zero | sort > /dev/null; echo rc=$?",
+                    timeout=60, disposable=True)
+    assert op["status"] == "SUCCESS"
+    out = stdout_of(op)
+    assert "rc=137" in out or op["metadata"]["result"]["state"]["exit_code"] == 137
+
+
+def test_pids_limit_contains_fork_bomb(client, busybox):
+    t0 = time.time()
+    op = client.run(busybox, "bomb() { bomb | bomb & }; bomb; sleep 2; echo survived",
+                    timeout=5, disposable=True)
+    assert op["status"] == "SUCCESS"
+    assert time.time() - t0 < 30
+    # the server still serves other runs promptly
+    assert stdout_of(client.run(busybox, "echo alive", disposable=True)) == "alive\n"
+
+
+def test_cancel_running_pending_and_finished(client, busybox):
+    op = client.spawn(busybox, "sleep 30")
+    for _ in range(200):
+        if client.get(f"/v1/operations/{op}").json()["status"] == "EXECUTING":
+            break
+        time.sleep(0.01)
+    r = client.request("DELETE", f"/v1/operations/{op}")
+    assert r.status == 202
+    final = client.wait(op)
+    assert final["status"] == "CANCELLED" and final["result_image_uuid"] is None
+    assert client.events(op)[-1]["data"]["status"] == "CANCELLED"
+    assert client.request("DELETE", f"/v1/operations/{op}").status == 409
+    # cancel right after the spawn: whatever state it is in (PENDING/ASSIGNED/EXECUTING)
+    ops = [client.spawn(busybox, "sleep 30") for _ in range(3)]
+    for o in ops:
+        assert client.request("DELETE", f"/v1/operations/{o}").status == 202
+    for o in ops:
+        assert client.wait(o)["status"] == "CANCELLED"
