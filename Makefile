@@ -2,7 +2,7 @@
 # Both install their own dependencies from Debian's mirror (as root) and build with CMake+Ninja.
 
 BUILD ?= build
-DATA ?= $(CURDIR)/.data
+DATA ?= /var/lib/coppice
 LISTEN ?= 127.0.0.1:8080
 JOBS ?= $(shell nproc)
 

@@ -1,0 +1,125 @@
+#include <gtest/gtest.h>
+
+#include "api/exchange.h"
+#include "api/gzip.h"
+#include "common/error.h"
+#include "engine/spawn_request.h"
+
+namespace coppice::engine {
+namespace {
+
+using json = nlohmann::json;
+
+TEST(SpawnRequest, DefaultsAndEcho) {
+  auto r = parse_spawn_request({{"command", "echo hi"}, {"image", "tag:x"}, {"shell", true}}, {});
+  EXPECT_EQ(r.argv(), (std::vector<std::string>{"/bin/sh", "-c", "echo hi"}));
+  EXPECT_FALSE(r.disposable);
+  EXPECT_EQ(r.truncate_output_at, 1 << 20);
+  json j = r.to_json();
+  for (const char* k : {"command", "image", "args", "shell", "env", "preserve_env", "cwd", "uid",
+                        "gid", "hostname", "disposable", "timeout", "truncate_output_at", "stdin",
+                        "files", "resources_limits", "networking"})
+    EXPECT_TRUE(j.contains(k)) << k;
+}
+
+TEST(SpawnRequest, NullIsAbsent) {
+  auto r = parse_spawn_request(
+      {{"command", "ls"}, {"image", "u"}, {"env", nullptr}, {"args", nullptr}, {"cwd", nullptr},
+       {"timeout", nullptr}, {"stdin", nullptr}, {"files", nullptr}},
+      {});
+  EXPECT_TRUE(r.env.empty());
+  EXPECT_EQ(r.timeout_s, 300);
+}
+
+TEST(SpawnRequest, FileModesInEveryClientForm) {
+  EXPECT_EQ(parse_mode("0644"), 0644u);
+  EXPECT_EQ(parse_mode("0o755"), 0755u);
+  EXPECT_EQ(parse_mode("644"), 0644u);
+  EXPECT_EQ(parse_mode(420), 0644u);
+  EXPECT_THROW(parse_mode("0999"), Error);
+  EXPECT_THROW(parse_mode("rwx"), Error);
+  EXPECT_THROW(parse_mode(070000), Error);
+}
+
+TEST(SpawnRequest, RejectsBadInput) {
+  auto bad = [](json j) {
+    try {
+      parse_spawn_request(j, {});
+    } catch (const Error& e) {
+      return e.status();
+    }
+    return 0;
+  };
+  EXPECT_EQ(bad({{"image", "x"}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}}), 400);
+  EXPECT_EQ(bad({{"command", 3}, {"image", "x"}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"timeout", 0}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"timeout", 999999}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"uid", -1}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"cwd", "rel"}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"cwd", "/a/../b"}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"hostname", "a b"}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"env", {{"A=B", "1"}}}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"files", {{"/f", {{"mode", "0644"}}}}}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"files", {{"/", {{"uuid", "u"}}}}}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"shell", true}, {"args", {"a"}}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"networking", {{"enabled", true}}}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"stdin", {{"value", "!!"}, {"encoding", "base64"}}}}),
+            400);
+}
+
+TEST(SpawnRequest, StdinBase64AndPathNormalization) {
+  auto r = parse_spawn_request(
+      {{"command", "cat"}, {"image", "x"}, {"stdin", {{"value", "aGkK"}, {"encoding", "base64"}}},
+       {"files", {{"//opt///a", {{"uuid", "u"}, {"mode", "0o700"}}}}}},
+      {});
+  EXPECT_EQ(r.stdin_data, "hi\n");
+  ASSERT_EQ(r.files.count("/opt/a"), 1u);
+  EXPECT_EQ(r.files["/opt/a"].mode, 0700u);
+}
+
+}  // namespace
+}  // namespace coppice::engine
+
+namespace coppice::api {
+namespace {
+
+TEST(Query, RepeatedKeysAndDecoding) {
+  auto q = Query::parse("pattern=a&pattern=b%20c&path=/etc/hosts&text=&flag");
+  EXPECT_EQ(q.all("pattern"), (std::vector<std::string>{"a", "b c"}));
+  EXPECT_EQ(q.get("path"), "/etc/hosts");
+  EXPECT_TRUE(q.has("text"));
+  EXPECT_TRUE(q.has("flag"));
+  EXPECT_FALSE(q.get("none"));
+}
+
+TEST(Gzip, AcceptEncodingParsing) {
+  EXPECT_TRUE(accepts_gzip("gzip, deflate"));
+  EXPECT_TRUE(accepts_gzip("br;q=1.0, gzip;q=0.5"));
+  EXPECT_FALSE(accepts_gzip("identity"));
+  EXPECT_FALSE(accepts_gzip("gzip;q=0"));
+  EXPECT_FALSE(accepts_gzip(""));
+}
+
+TEST(Gzip, StreamChunksDecodeIndependently) {
+  GzipStream g;
+  std::string a = g.chunk("hello ");
+  std::string b = g.chunk("world");
+  std::string end = g.finish();
+  EXPECT_EQ(static_cast<unsigned char>(a[0]), 0x1f);
+  // inflate a + b without the trailer: sync flush makes the prefix decodable
+  z_stream zs{};
+  ASSERT_EQ(inflateInit2(&zs, 31), Z_OK);
+  std::string in = a + b, out(64, '\0');
+  zs.next_in = reinterpret_cast<Bytef*>(in.data());
+  zs.avail_in = static_cast<uInt>(in.size());
+  zs.next_out = reinterpret_cast<Bytef*>(out.data());
+  zs.avail_out = static_cast<uInt>(out.size());
+  inflate(&zs, Z_SYNC_FLUSH);
+  out.resize(out.size() - zs.avail_out);
+  inflateEnd(&zs);
+  EXPECT_EQ(out, "hello world");
+}
+
+}  // namespace
+}  // namespace coppice::api
