@@ -153,6 +153,19 @@ void Exchange::reply(int status, std::string body, const std::string& content_ty
   http::write(sock_, res);
 }
 
+void Exchange::reply_head(int status, const std::string& content_type, uint64_t content_length) {
+  if (responded_) return;
+  responded_ = true;
+  status_ = status;
+  http::response<http::empty_body> res{static_cast<http::status>(status), header_.version()};
+  res.set(http::field::server, "coppiced");
+  res.set(http::field::content_type, content_type);
+  res.content_length(content_length);
+  res.keep_alive(keep_alive_);
+  http::response_serializer<http::empty_body> sr{res};
+  http::write_header(sock_, sr);
+}
+
 void Exchange::begin_stream(int status, const std::string& content_type,
                             const std::vector<std::pair<std::string, std::string>>& headers) {
   responded_ = true;

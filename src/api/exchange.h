@@ -63,6 +63,8 @@ class Exchange {
   void reply(int status, std::string body, const std::string& content_type,
              const std::vector<std::pair<std::string, std::string>>& headers = {});
   void reply_error(int status, const std::string& message);
+  // A bodiless answer to HEAD that announces `content_length` bytes.
+  void reply_head(int status, const std::string& content_type, uint64_t content_length);
 
   // Streaming: begin (status + headers), any number of writes, end.
   void begin_stream(int status, const std::string& content_type,

@@ -58,10 +58,7 @@ void Api::inspect(Exchange& ex) {
   }
   if (what == "download") {
     auto fh = inspect::open_download(view, required_path(ex));
-    if (head) {
-      return ex.reply(200, "", "application/octet-stream",
-                      {{"X-File-Size", std::to_string(fh.size)}});
-    }
+    if (head) return ex.reply_head(200, "application/octet-stream", fh.size);
     // Small files in one response; larger ones streamed in 256 KiB chunks.
     if (fh.size <= (1 << 20)) {
       std::string data(fh.size, '\0');

@@ -50,6 +50,14 @@ def test_step3_inspect_without_a_sandbox(client, busybox):
     assert names["link"]["is_symlink"] and names["link"]["symlink_to"] == "/d/x"
     assert len(names["x"]) == 15
     assert client.get(f"/v1/inspect/{img}/download", params={"path": "/d/link"}).body == b"hello\n"
+    head = client.request("HEAD", f"/v1/inspect/{img}/download", params={"path": "/d/x"})
+    assert head.status == 200 and head.headers["content-length"] == "6"
+    assert client.request("HEAD", f"/v1/inspect/{img}/download",
+                          params={"path": "/nope"}).status == 404
+    assert client.get(f"/v1/inspect/{img}/download", params={"path": "/d"}).status == 422
+    assert client.request("HEAD", f"/v1/inspect/{img}/archive", params={"path": "/d"}).status == 200
+    txt = client.get(f"/v1/inspect/{img}/list", params={"path": "/d", "text": "1"})
+    assert txt.headers["content-type"].startswith("text/plain") and "link -> /d/x" in txt.text
     tar = client.get(f"/v1/inspect/{img}/archive", params={"path": "/d"})
     assert tar.status == 200
     with tarfile.open(fileobj=io.BytesIO(tar.body)) as t:

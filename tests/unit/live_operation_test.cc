@@ -1,0 +1,47 @@
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "engine/live_operation.h"
+
+namespace coppice::engine {
+namespace {
+
+TEST(LiveOperation, EventIdsAreOrderedAndFilterable) {
+  LiveOperation op(store::OperationRecord{});
+  op.append(0, "init", {});
+  op.append(1, "spawn", {});
+  op.append(1, "stdout", {{"value", "x"}});
+  op.append(0, "completion", {});
+  auto all = op.events();
+  ASSERT_EQ(all.size(), 4u);
+  for (size_t i = 0; i < all.size(); ++i) EXPECT_EQ(all[i].id, static_cast<int64_t>(i));
+  auto after1 = op.events_after(1, std::nullopt, std::chrono::milliseconds(0));
+  ASSERT_EQ(after1.size(), 2u);
+  EXPECT_EQ(after1[0].id, 2);  // exclusive
+  auto spid1 = op.events_after(-1, 1, std::chrono::milliseconds(0));
+  EXPECT_EQ(spid1.size(), 2u);
+}
+
+TEST(LiveOperation, FollowerWakesOnAppendAndFinish) {
+  LiveOperation op(store::OperationRecord{});
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    op.append(0, "init", {});
+  });
+  auto got = op.events_after(-1, std::nullopt, std::chrono::seconds(5));
+  t.join();
+  ASSERT_EQ(got.size(), 1u);
+  std::thread t2([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    op.finish();
+  });
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_TRUE(op.events_after(0, std::nullopt, std::chrono::seconds(5)).empty());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  t2.join();
+  EXPECT_TRUE(op.finished());
+}
+
+}  // namespace
+}  // namespace coppice::engine
