@@ -225,6 +225,9 @@ void Engine::start() {
   std::lock_guard lk(mu_);
   stopping_ = false;
   for (size_t i = 0; i < cfg_.workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+  std::lock_guard flk(flat_mu_);
+  flat_stopping_ = false;
+  flattener_ = std::thread([this] { flatten_loop(); });
 }
 
 void Engine::shutdown(std::chrono::milliseconds deadline) {
@@ -250,12 +253,13 @@ void Engine::shutdown(std::chrono::milliseconds deadline) {
   }
   for (auto& t : workers_) t.join();
   workers_.clear();
-  std::vector<std::thread> fl;
   {
     std::lock_guard lk(flat_mu_);
-    fl.swap(flatteners_);
+    flat_stopping_ = true;
+    flat_queue_.clear();
   }
-  for (auto& t : fl) t.join();
+  flat_cv_.notify_all();
+  if (flattener_.joinable()) flattener_.join();
 }
 
 ImageRecord Engine::resolve_image(const std::string& project, const std::string& ref) {
@@ -569,20 +573,36 @@ void Engine::finish(const std::shared_ptr<LiveOperation>& op,
 }
 
 void Engine::schedule_flatten(const ImageRecord& img) {
-  std::lock_guard lk(flat_mu_);
-  if (stopping_ || !flattening_.insert(img.uuid).second) return;
-  flatteners_.emplace_back([this, img] {
+  {
+    std::lock_guard lk(flat_mu_);
+    if (flat_stopping_ || !flat_pending_.insert(img.uuid).second) return;
+    flat_queue_.push_back(img);
+  }
+  flat_cv_.notify_one();
+}
+
+void Engine::flatten_loop() {
+  for (;;) {
+    ImageRecord img;
+    {
+      std::unique_lock lk(flat_mu_);
+      flat_cv_.wait(lk, [&] { return flat_stopping_ || !flat_queue_.empty(); });
+      if (flat_stopping_) return;
+      img = std::move(flat_queue_.front());
+      flat_queue_.pop_front();
+    }
     try {
       flatten_now(img);
     } catch (const std::exception& e) {
       spdlog::warn("flatten of image {} failed: {}", img.uuid, e.what());
     }
-    std::lock_guard lk2(flat_mu_);
-    flattening_.erase(img.uuid);
-  });
+    std::lock_guard lk(flat_mu_);
+    flat_pending_.erase(img.uuid);
+  }
 }
 
 void Engine::flatten_now(const ImageRecord& img) {
+  std::lock_guard serial(flatten_now_mu_);  // background and synchronous flattens never race
   auto current = meta_.get_image(img.uuid);
   if (!current || current->flat_layer_id) return;
   std::string id = new_uuid();

@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -80,6 +81,7 @@ class Engine {
   void execute(const std::shared_ptr<LiveOperation>& op, const SpawnRequest& req);
   void finish(const std::shared_ptr<LiveOperation>& op, const std::optional<store::ImageRecord>& img);
   void schedule_flatten(const store::ImageRecord& img);
+  void flatten_loop();
   void flatten_now(const store::ImageRecord& img);
 
   struct Job {
@@ -100,9 +102,14 @@ class Engine {
   bool stopping_ = false;
   std::atomic<size_t> running_{0};
 
+  // One background thread flattens deep images, in the order they were scheduled.
   std::mutex flat_mu_;
-  std::set<std::string> flattening_;
-  std::vector<std::thread> flatteners_;
+  std::condition_variable flat_cv_;
+  std::deque<store::ImageRecord> flat_queue_;
+  std::set<std::string> flat_pending_;
+  bool flat_stopping_ = false;
+  std::thread flattener_;
+  std::mutex flatten_now_mu_;
 };
 
 // Fills the ConTree InstanceResult ({resources, state, stdout, stderr}) from a run result.

@@ -36,8 +36,9 @@ class MetaStore {
   virtual void set_tag(const std::string& project, const std::string& uuid,
                        const std::string& tag) = 0;
   virtual void clear_tag(const std::string& uuid) = 0;
+  // Records the flattened copy of an image's stack; a flat layer, once set, never changes.
   virtual void set_flat_layer(const std::string& uuid, const std::string& layer_id) = 0;
-  // Every layer id referenced by an image (own layers and flat layers), for recovery.
+  // Every layer id referenced by an image (own, lower stack and flat layers), for recovery.
   virtual std::vector<std::string> referenced_layers() = 0;
 
   // Operations and their event logs.

@@ -279,15 +279,15 @@ class SqliteStore final : public MetaStore {
 
   void set_flat_layer(const std::string& uuid, const std::string& layer_id) override {
     std::lock_guard lk(mu_);
-    Stmt s(db_, "UPDATE images SET flat_layer_id=? WHERE uuid=?");
+    Stmt s(db_, "UPDATE images SET flat_layer_id=? WHERE uuid=? AND flat_layer_id IS NULL");
     s.bind(1, layer_id).bind(2, uuid).run();
   }
 
   std::vector<std::string> referenced_layers() override {
     std::lock_guard lk(mu_);
     Stmt s(db_,
-           "SELECT layer_id FROM images UNION SELECT flat_layer_id FROM images WHERE "
-           "flat_layer_id IS NOT NULL");
+           "SELECT layer_id FROM images UNION SELECT value FROM images, json_each(images.layers) "
+           "UNION SELECT flat_layer_id FROM images WHERE flat_layer_id IS NOT NULL");
     std::vector<std::string> out;
     while (s.step()) out.push_back(s.text(0));
     return out;

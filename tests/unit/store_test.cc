@@ -2,6 +2,8 @@
 
 #include <sys/stat.h>
 
+#include <set>
+
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/ids.h"
@@ -134,6 +136,23 @@ TEST_F(StoreTest, RecoveryRemovesOrphanLayersAndScratch) {
   EXPECT_FALSE(fs::exists(layers_->layer_path("orphan")));
   EXPECT_TRUE(fs::is_empty(dir_ / "runs"));
   EXPECT_TRUE(fs::is_empty(dir_ / "tmp"));
+}
+
+TEST_F(StoreTest, ReferencedLayersIncludeStacksAndFlatCopies) {
+  auto parent = image("a", 1);
+  meta_->insert_image(parent);
+  meta_->set_flat_layer(parent.uuid, "flat-1");
+  meta_->set_flat_layer(parent.uuid, "flat-2");  // ignored: a flat layer never changes
+  EXPECT_EQ(meta_->get_image(parent.uuid)->flat_layer_id, "flat-1");
+  auto child = image("a", 2);
+  child.layers = {child.uuid, "flat-0"};  // a stack that names an older flat copy
+  meta_->insert_image(child);
+  auto refs = meta_->referenced_layers();
+  std::set<std::string> s(refs.begin(), refs.end());
+  EXPECT_TRUE(s.count("flat-0"));
+  EXPECT_TRUE(s.count("flat-1"));
+  EXPECT_FALSE(s.count("flat-2"));
+  EXPECT_TRUE(s.count(child.uuid));
 }
 
 TEST_F(StoreTest, CommitLayerIsARename) {
