@@ -91,3 +91,26 @@ def test_memory_hog_does_not_hurt_host(client, busybox):
                     disposable=True)
     assert op["status"] == "SUCCESS"
     assert op["metadata"]["result"]["state"]["exit_code"] != 0
+
+
+def test_inspect_paths_resolve_inside_the_image(client, busybox):
+    canary = "/var/tmp/coppice-host-canary"
+    with open(canary, "w") as f:
+        f.write("HOST SECRET\n")
+    img = client.run(busybox, f"ln -s /../../../../..{canary} /abs; "
+                              f"ln -s ../../../../../../..{canary} /rel; "
+                              f"ln -s /abs /chain; mkdir -p /var/tmp; echo image > {canary}")[
+        "result_image_uuid"]
+    for p in ("/abs", "/rel", "/chain", f"/../../..{canary}", f"/x/../../..{canary}"):
+        r = client.get(f"/v1/inspect/{img}/download", params={"path": p})
+        assert r.body != b"HOST SECRET\n", p
+        if r.status == 200:
+            assert r.body == b"image\n", p
+    # without the image's own copy the same paths are simply missing
+    img2 = client.run(img, f"rm {canary}")["result_image_uuid"]
+    for p in ("/abs", "/rel", "/chain"):
+        assert client.get(f"/v1/inspect/{img2}/download", params={"path": p}).status == 404
+    g = client.get(f"/v1/inspect/{img2}/grep", params={"pattern": "SECRET", "path": "/"}).json()
+    assert g["matches"] == []
+    arc = client.get(f"/v1/inspect/{img2}/archive", params={"path": "/abs/"})
+    assert arc.status == 404
