@@ -95,8 +95,9 @@ fi
 echo
 echo "[podman] $(podman --version 2>/dev/null || echo 'not installed'), runtime: $(runc --version 2>/dev/null | head -1 || echo 'runc missing')"
 # Podman asks runc for nofile/nproc limits above this host's hard limits ("error setting rlimit
-# type 7: operation not permitted"; --ulimit host does not help with podman 4.3): pin them.
-ULIM="--ulimit nofile=$(ulimit -Hn):$(ulimit -Hn) --ulimit nproc=$(ulimit -Hu):$(ulimit -Hu)"
+# type 7: operation not permitted"; --ulimit host does not help with podman 4.3, and even the
+# host's own hard nproc is refused): pin both well below.
+ULIM="--ulimit nofile=1024:1024 --ulimit nproc=4096:4096"
 export ULIM
 podman_setup() {
   command -v podman >/dev/null || { echo "  podman: not installed (apt-get install -y podman runc)"; return 1; }
