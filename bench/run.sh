@@ -71,7 +71,7 @@ get() { echo "${R[$1]:-}"; }
 fmt_ms() { [ -n "$1" ] && printf '%.2f ms' "$1" || printf 'n/a'; }
 ratio() {  # ours / peer, with a readable "N x faster/slower"
   if [ -z "$1" ] || [ -z "$2" ]; then printf 'n/a'; return; fi
-  awk -v a="$1" -v b="$2" 'BEGIN { r = a / b; if (r <= 1) printf "%.3fx (%.1fx faster)", r, 1 / r; else printf "%.2fx (%.1fx slower)", r, r }'
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a <= 0 || b <= 0) { printf "n/a (a value <= 0: within noise)"; exit } r = a / b; if (r <= 1) printf "%.3fx (%.1fx faster)", r, 1 / r; else printf "%.2fx (%.1fx slower)", r, r }'
 }
 line() {
   local label=$1 ours=$2; shift 2
