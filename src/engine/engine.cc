@@ -240,9 +240,13 @@ void Engine::shutdown(std::chrono::milliseconds deadline) {
   }
   cv_.notify_all();
   for (auto& j : dropped) {
-    j.op->update([](OperationRecord& r) { r.error = "cancelled: the server is shutting down"; });
-    j.op->set_status("CANCELLED");
-    finish(j.op, std::nullopt);
+    finish(
+        j.op,
+        [](OperationRecord& r) {
+          r.status = "CANCELLED";
+          r.error = "cancelled: the server is shutting down";
+        },
+        std::nullopt);
   }
   auto until = std::chrono::steady_clock::now() + deadline;
   while (running_.load() > 0 && std::chrono::steady_clock::now() < until)
@@ -357,10 +361,7 @@ void Engine::cancel(const std::string& project, const std::string& uuid) {
     }
     if (!queued) it->second->cancel_token().cancel();
   }
-  if (queued) {
-    queued->set_status("CANCELLED");
-    finish(queued, std::nullopt);
-  }
+  if (queued) finish(queued, [](OperationRecord& r) { r.status = "CANCELLED"; }, std::nullopt);
   spdlog::info("op={} cancel requested", uuid);
 }
 
@@ -379,12 +380,16 @@ void Engine::worker_loop() {
       execute(job.op, job.req);
     } catch (const std::exception& e) {
       spdlog::error("op={} failed: {}", job.op->record().uuid, e.what());
-      job.op->update([&](OperationRecord& r) {
-        r.status = "FAILED";
-        r.error = e.what();
-      });
+      std::string what = e.what();
       try {
-        finish(job.op, std::nullopt);
+        if (!job.op->finished())
+          finish(
+              job.op,
+              [&](OperationRecord& r) {
+                r.status = "FAILED";
+                r.error = what;
+              },
+              std::nullopt);
       } catch (const std::exception& e2) {
         spdlog::error("op={} could not be recorded: {}", job.op->record().uuid, e2.what());
       }
@@ -530,39 +535,51 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
     }
   }
   json result = instance_result_json(res, obs.out(), out_trunc, obs.err(), err_trunc);
-  op->update([&](OperationRecord& r) {
-    r.status = status;
-    r.error = error;
-    r.result_image_uuid = result_uuid;
-    r.image_size = layer_size;
-    r.consumed_cpu = (res.resources.user_time_us + res.resources.sys_time_us) / 1e6;
-    r.consumed_memory = res.resources.memory_peak_bytes ? res.resources.memory_peak_bytes
-                                                        : res.resources.max_rss_kb * 1024;
-    r.metadata["result"] = result;
-  });
-  finish(op, new_image);
-  remove_tree(spec.run_dir);
+  finish(
+      op,
+      [&](OperationRecord& r) {
+        r.status = status;
+        r.error = error;
+        r.result_image_uuid = result_uuid;
+        r.image_size = layer_size;
+        r.consumed_cpu = (res.resources.user_time_us + res.resources.sys_time_us) / 1e6;
+        r.consumed_memory = res.resources.memory_peak_bytes ? res.resources.memory_peak_bytes
+                                                            : res.resources.max_rss_kb * 1024;
+        r.metadata["result"] = result;
+      },
+      new_image);
+  try {
+    remove_tree(spec.run_dir);
+  } catch (const std::exception& e) {
+    spdlog::warn("op={} scratch cleanup: {}", op_uuid, e.what());
+  }
   if (new_image && new_image->layers.size() > cfg_.flatten_depth) schedule_flatten(*new_image);
 }
 
 void Engine::finish(const std::shared_ptr<LiveOperation>& op,
+                    const std::function<void(OperationRecord&)>& final_state,
                     const std::optional<ImageRecord>& new_image) {
   OperationRecord rec = op->record();
+  final_state(rec);
   rec.finished_us = now_us();
   rec.duration_s = (rec.finished_us - rec.created_us) / 1e6;
-  json completion = {{"status", rec.status},
+  std::vector<store::EventRecord> events = op->events();
+  store::EventRecord completion;
+  completion.id = static_cast<int64_t>(events.size());
+  completion.ts_us = rec.finished_us;
+  completion.spid = 0;
+  completion.type = "completion";
+  completion.data = {{"status", rec.status},
                      {"duration_ms", static_cast<int64_t>(rec.duration_s * 1000)},
                      {"result_image_uuid", rec.result_image_uuid ? json(*rec.result_image_uuid)
                                                                  : json(nullptr)},
                      {"error", rec.error ? json(*rec.error) : json(nullptr)},
                      {"image_size_bytes", rec.image_size}};
-  op->append(0, "completion", completion);
-  op->update([&](OperationRecord& r) {
-    r.finished_us = rec.finished_us;
-    r.duration_s = rec.duration_s;
-  });
-  rec = op->record();
-  meta_.finish_operation(rec, op->events(), new_image);
+  events.push_back(completion);
+  meta_.finish_operation(rec, events, new_image);
+  // Durable now: show it.
+  op->update([&](OperationRecord& r) { r = rec; });
+  op->append(0, "completion", completion.data);
   op->finish();
   {
     std::lock_guard lk(mu_);

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -79,7 +80,13 @@ class Engine {
  private:
   void worker_loop();
   void execute(const std::shared_ptr<LiveOperation>& op, const SpawnRequest& req);
-  void finish(const std::shared_ptr<LiveOperation>& op, const std::optional<store::ImageRecord>& img);
+  // Makes an operation final: applies `final_state` to a copy of its record, stores record,
+  // events (+ completion) and the new image in one transaction, and only then shows the final
+  // state to readers of the live object, so a client never sees a result image before it can
+  // be used.
+  void finish(const std::shared_ptr<LiveOperation>& op,
+              const std::function<void(store::OperationRecord&)>& final_state,
+              const std::optional<store::ImageRecord>& img);
   void schedule_flatten(const store::ImageRecord& img);
   void flatten_loop();
   void flatten_now(const store::ImageRecord& img);

@@ -130,3 +130,28 @@ def test_cancel_running_pending_and_finished(client, busybox):
         assert client.request("DELETE", f"/v1/operations/{o}").status == 202
     for o in ops:
         assert client.wait(o)["status"] == "CANCELLED"
+
+
+def test_result_image_is_usable_as_soon_as_completion_is_seen(client, busybox):
+    """Regression: completion used to be visible before the new image was committed."""
+    import http.client
+    import json as _json
+    conn = http.client.HTTPConnection(client.host, client.port, timeout=30)
+    hdr = {"Authorization": f"Bearer {client.token}", "Content-Type": "application/json"}
+    img = busybox
+    for i in range(60):
+        conn.request("POST", "/v1/instances", body=_json.dumps(
+            {"image": img, "command": f"echo {i} > /n", "shell": True, "disposable": False}),
+            headers=hdr)
+        r = conn.getresponse()
+        body = r.read()
+        assert r.status == 201, body  # a 404 here means the parent image was not there yet
+        op = _json.loads(body)["uuid"]
+        while True:  # tight polling, as a fast client would
+            conn.request("GET", f"/v1/operations/{op}", headers=hdr)
+            j = _json.loads(conn.getresponse().read())
+            if j["status"] in ("SUCCESS", "FAILED", "CANCELLED"):
+                break
+        assert j["status"] == "SUCCESS"
+        img = j["result_image_uuid"]
+    conn.close()
