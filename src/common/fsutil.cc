@@ -14,15 +14,13 @@
 namespace coppice {
 
 void make_dirs(const fs::path& p, mode_t mode) {
-  std::string cur;
-  for (const auto& part : p) {
-    if (part == "/") {
-      cur = "/";
-      continue;
-    }
-    if (!cur.empty() && cur.back() != '/') cur += '/';
-    cur += part.string();
-    if (::mkdir(cur.c_str(), mode) != 0 && errno != EEXIST) throw sys_error("mkdir " + cur);
+  // Walk the prefixes of the path in place ("/a", "/a/b", ...), creating each missing one.
+  std::string s = p.string();
+  for (size_t pos = s.find('/', 1); ; pos = s.find('/', pos + 1)) {
+    std::string prefix = s.substr(0, pos);
+    if (!prefix.empty() && ::mkdir(prefix.c_str(), mode) != 0 && errno != EEXIST)
+      throw sys_error("mkdir " + prefix);
+    if (pos == std::string::npos) break;
   }
 }
 
