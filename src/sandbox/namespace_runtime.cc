@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <chrono>
 #include <cstring>
 
@@ -278,7 +279,8 @@ struct OutputStream {
 class NamespaceRuntime final : public Runtime {
  public:
   explicit NamespaceRuntime(const NamespaceConfig& cfg)
-      : cfg_(cfg), caps_(docker_default_caps()), cgroups_(cfg.cgroup_name) {}
+      : cfg_(cfg), caps_(docker_default_caps()), cgroups_(cfg.cgroup_name),
+        netns_(cfg.netns_pool) {}
 
   std::string name() const override { return "namespace"; }
   RunResult run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) override;
@@ -291,6 +293,7 @@ class NamespaceRuntime final : public Runtime {
   CapPolicy caps_;
   SeccompPolicy seccomp_;
   CgroupManager cgroups_;
+  NetnsPool netns_;
 };
 
 void NamespaceRuntime::validate(const RunSpec& spec) const {
@@ -457,8 +460,12 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   }
   SigpipeBlock sigpipe;  // before clone: the child resets its mask itself
 
+  // The sandbox's network namespace comes from the pool: this thread enters it for the clone
+  // (the child inherits it) and leaves it right after.
+  UniqueFd netns = netns_.take();
+  std::optional<ScopedNetns> in_netns(std::in_place, netns.get());
   const uint64_t ns_flags =
-      CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS;
+      CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
   int pidfd = -1;
   bool in_v2 = false;
   auto t0 = Clock::now();
@@ -485,6 +492,8 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
                   static_cast<int>(ns_flags) | CLONE_PIDFD | SIGCHLD, &p, &pidfd);
     if (pid < 0) throw sys_error("clone sandbox");
   }
+  in_netns.reset();
+  netns.reset();
   st.pid = pid;
   st.pidfd.reset(pidfd);
   // Our copies of the child's ends.

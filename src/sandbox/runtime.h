@@ -138,6 +138,7 @@ struct NamespaceConfig {
   uint64_t default_memory_bytes = 1ull << 30;
   uint64_t default_pids = 1024;
   std::string cgroup_name = "coppice";  // sub-cgroup created below our own in each hierarchy
+  size_t netns_pool = 16;  // network namespaces made ahead of time (0: one per run, made inline)
 };
 
 // The default runtime: Linux namespaces + overlayfs + seccomp + cgroups, implemented in-process.

@@ -114,3 +114,13 @@ def test_inspect_paths_resolve_inside_the_image(client, busybox):
     assert g["matches"] == []
     arc = client.get(f"/v1/inspect/{img2}/archive", params={"path": "/abs/"})
     assert arc.status == 404
+
+
+def test_loopback_works_but_network_config_is_locked(client, busybox):
+    out = run_out(client, busybox,
+                  "nc -l -p 80 > /tmp/got & sleep 0.3; echo hello | nc -w 1 127.0.0.1 80; "
+                  "sleep 0.2; cat /tmp/got; ip link add dummy0 type dummy 2>/dev/null; "
+                  "echo rc=$?; ip addr add 10.9.9.9/24 dev lo 2>/dev/null; echo rc=$?")
+    lines = out.splitlines()
+    assert lines[0] == "hello"  # a server on a privileged port, reached over lo
+    assert lines[1] != "rc=0" and lines[2] != "rc=0"
