@@ -457,12 +457,14 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   EventObserver obs(*op, req);
   remove_tree(spec.run_dir);
   sandbox::RunResult res;
+  const int64_t t_run = now_us();
   try {
     res = runtime_.run(spec, obs, op->cancel_token());
   } catch (...) {
     remove_tree(spec.run_dir);
     throw;
   }
+  const int64_t t_ran = now_us();
   bool out_trunc = res.stdout_bytes > obs.out().size();
   bool err_trunc = res.stderr_bytes > obs.err().size();
   if (out_trunc)
@@ -534,6 +536,7 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
       }
     }
   }
+  const int64_t t_snap = now_us();
   json result = instance_result_json(res, obs.out(), out_trunc, obs.err(), err_trunc);
   finish(
       op,
@@ -548,6 +551,9 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
         r.metadata["result"] = result;
       },
       new_image);
+  spdlog::debug("op={} queued {:.2f} ms, sandbox {:.2f} ms, snapshot {:.2f} ms, record {:.2f} ms",
+                op_uuid, (t_run - op->record().created_us) / 1e3, (t_ran - t_run) / 1e3,
+                (t_snap - t_ran) / 1e3, (now_us() - t_snap) / 1e3);
   try {
     remove_tree(spec.run_dir);
   } catch (const std::exception& e) {
