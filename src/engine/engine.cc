@@ -436,6 +436,9 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   spec.stdin_data = req.stdin_data;
   spec.timeout = std::chrono::seconds(req.timeout_s);
   spec.truncate_output_at = static_cast<uint64_t>(req.truncate_output_at);
+  spec.limits.memory_bytes = static_cast<uint64_t>(req.memory_bytes);
+  spec.limits.pids = static_cast<uint64_t>(req.pids);
+  spec.limits.cpus = req.cpus;
   for (const auto& [path, f] : req.files) {
     auto rec = meta_.get_file_by_uuid(project, f.uuid);
     if (!rec) throw not_found(fmt::format("file {} not found", f.uuid));

@@ -123,6 +123,15 @@ std::vector<std::string> SpawnRequest::argv() const {
   return v;
 }
 
+json SpawnRequest::limits_json() const {
+  json j = json::object();
+  if (max_layer_bytes) j["max_layer_bytes"] = *max_layer_bytes;
+  if (memory_bytes) j["memory_bytes"] = memory_bytes;
+  if (pids) j["pids"] = pids;
+  if (cpus > 0) j["cpus"] = cpus;
+  return j;
+}
+
 json SpawnRequest::to_json() const {
   json env_j = json::object();
   for (const auto& [k, v] : env) env_j[k] = v ? json(*v) : json(nullptr);
@@ -146,8 +155,7 @@ json SpawnRequest::to_json() const {
           {"stdin", stdin_echo.is_null() ? json{{"value", ""}, {"encoding", "ascii"}, {"close", true}}
                                          : stdin_echo},
           {"files", files_j},
-          {"resources_limits",
-           max_layer_bytes ? json{{"max_layer_bytes", *max_layer_bytes}} : json::object()},
+          {"resources_limits", limits_json()},
           {"networking", {{"enabled", false}}}};
 }
 
@@ -236,6 +244,13 @@ SpawnRequest parse_spawn_request(const json& body, const SpawnLimits& limits) {
     if (!rl->is_object()) throw bad_request("`resources_limits` must be an object");
     if (field(*rl, "max_layer_bytes"))
       r.max_layer_bytes = get_int(*rl, "max_layer_bytes", 0, 0, INT64_MAX);
+    r.memory_bytes = get_int(*rl, "memory_bytes", 0, 4 << 20, limits.max_memory_bytes);
+    r.pids = get_int(*rl, "pids", 0, 8, limits.max_pids);
+    if (const json* cpus = field(*rl, "cpus")) {
+      if (!cpus->is_number() || cpus->get<double>() < 0.01 || cpus->get<double>() > 1024)
+        throw bad_request("`resources_limits.cpus` must be a number between 0.01 and 1024");
+      r.cpus = cpus->get<double>();
+    }
   }
   if (const json* n = field(body, "networking")) {
     if (!n->is_object()) throw bad_request("`networking` must be an object");

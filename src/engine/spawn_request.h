@@ -24,6 +24,8 @@ struct SpawnLimits {
   int64_t default_truncate = 1 << 20;
   int64_t max_truncate = 16 << 20;
   int64_t max_stdin = 16 << 20;
+  int64_t max_memory_bytes = 64ll << 30;
+  int64_t max_pids = 65536;
 };
 
 struct SpawnRequest {
@@ -44,11 +46,16 @@ struct SpawnRequest {
   nlohmann::json stdin_echo = nullptr;
   std::map<std::string, FileSpec> files;  // absolute path -> spec
   std::optional<int64_t> max_layer_bytes;
+  // Coppice extensions in resources_limits: cgroup limits of this run (0 = server default).
+  int64_t memory_bytes = 0;
+  int64_t pids = 0;
+  double cpus = 0;
 
   // argv as the sandbox runs it ({"/bin/sh","-c",command} for shell=true).
   std::vector<std::string> argv() const;
   // The request echoed with every field and defaults filled (the operation's metadata).
   nlohmann::json to_json() const;
+  nlohmann::json limits_json() const;
 };
 
 // Parses and validates a spawn body. Throws a 400 Error that names the offending field.

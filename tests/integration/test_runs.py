@@ -155,3 +155,20 @@ def test_result_image_is_usable_as_soon_as_completion_is_seen(client, busybox):
         assert j["status"] == "SUCCESS"
         img = j["result_image_uuid"]
     conn.close()
+
+
+def test_per_run_resource_limits_extension(client, busybox):
+    op = client.run(busybox, "bomb() { bomb | bomb & }; bomb; sleep 1; echo ok", disposable=True,
+                    timeout=10, resources_limits={"pids": 16})
+    assert op["status"] == "SUCCESS"
+    op = client.run(busybox, "head -c 200m /dev/zero | sort > /dev/null; echo rc=$?",
+                    disposable=True, timeout=30, resources_limits={"memory_bytes": 32 << 20})
+    assert "rc=137" in stdout_of(op) or op["metadata"]["result"]["state"]["exit_code"] == 137
+    assert op["metadata"]["resources_limits"]["memory_bytes"] == 32 << 20
+    t = client.run(busybox, "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done", disposable=True,
+                   timeout=60, resources_limits={"cpus": 0.2})
+    res = t["metadata"]["result"]["resources"]
+    cpu = res["user_cpu_time"] + res["system_cpu_time"]
+    assert res["elapsed_time"] > 2 * cpu  # throttled to a fifth of a core
+    assert client.post("/v1/instances", {"image": busybox, "command": "true",
+                                         "resources_limits": {"cpus": 0}}).status == 400
