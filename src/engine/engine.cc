@@ -350,7 +350,8 @@ void Engine::cancel(const std::string& project, const std::string& uuid) {
   {
     std::lock_guard lk(mu_);
     auto it = live_.find(uuid);
-    if (it == live_.end() || is_terminal(it->second->record().status))
+    if (it == live_.end() || it->second->finishing() ||
+        is_terminal(it->second->record().status))
       throw conflict("operation is not cancellable");
     for (auto q = queue_.begin(); q != queue_.end(); ++q) {
       if (q->op->record().uuid == uuid) {
@@ -568,28 +569,56 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
 void Engine::finish(const std::shared_ptr<LiveOperation>& op,
                     const std::function<void(OperationRecord&)>& final_state,
                     const std::optional<ImageRecord>& new_image) {
+  op->begin_finishing();
   OperationRecord rec = op->record();
   final_state(rec);
   rec.finished_us = now_us();
   rec.duration_s = (rec.finished_us - rec.created_us) / 1e6;
   std::vector<store::EventRecord> events = op->events();
-  store::EventRecord completion;
-  completion.id = static_cast<int64_t>(events.size());
-  completion.ts_us = rec.finished_us;
-  completion.spid = 0;
-  completion.type = "completion";
-  completion.data = {{"status", rec.status},
-                     {"duration_ms", static_cast<int64_t>(rec.duration_s * 1000)},
-                     {"result_image_uuid", rec.result_image_uuid ? json(*rec.result_image_uuid)
-                                                                 : json(nullptr)},
-                     {"error", rec.error ? json(*rec.error) : json(nullptr)},
-                     {"image_size_bytes", rec.image_size}};
-  events.push_back(completion);
-  meta_.finish_operation(rec, events, new_image);
-  // Durable now: show it.
-  op->update([&](OperationRecord& r) { r = rec; });
-  op->append(0, "completion", completion.data);
-  op->finish();
+  const size_t first_new = events.size();
+  auto add = [&](int spid, const char* type, json data) {
+    events.push_back(store::EventRecord{static_cast<int64_t>(events.size()), rec.finished_us, spid,
+                                        type, std::move(data)});
+  };
+  // Clients require an exit event of the main process before the completion of an instance
+  // (contract §3.3); runs that never started get a synthetic one.
+  bool has_exit = false;
+  for (const auto& e : events) has_exit = has_exit || (e.type == "exit" && e.spid == 1);
+  if (rec.kind == "instance" && !has_exit)
+    add(1, "exit",
+        {{"pid", 0},
+         {"code", -1},
+         {"signal", -1},
+         {"timed_out", false},
+         {"duration_ms", 0},
+         {"resources", event_resources(sandbox::Resources{})}});
+  auto completion_data = [&] {
+    return json{{"status", rec.status},
+                {"duration_ms", static_cast<int64_t>(rec.duration_s * 1000)},
+                {"result_image_uuid",
+                 rec.result_image_uuid ? json(*rec.result_image_uuid) : json(nullptr)},
+                {"error", rec.error ? json(*rec.error) : json(nullptr)},
+                {"image_size_bytes", rec.image_size}};
+  };
+  add(0, "completion", completion_data());
+  try {
+    meta_.finish_operation(rec, events, new_image);
+  } catch (const std::exception& e) {
+    // The operation must still end: report FAILED in memory (recovery fixes the stored row
+    // at the next start and removes a layer no image names).
+    spdlog::error("op={} could not record its result: {}", rec.uuid, e.what());
+    rec.status = "FAILED";
+    rec.error = std::string("could not record the result: ") + e.what();
+    rec.result_image_uuid.reset();
+    events.back().data = completion_data();
+    try {
+      meta_.finish_operation(rec, events, std::nullopt);
+    } catch (const std::exception& e2) {
+      spdlog::error("op={} could not record its failure either: {}", rec.uuid, e2.what());
+    }
+  }
+  // Durable now (or failed for good): publish record and events in one step.
+  op->complete(rec, std::vector<store::EventRecord>(events.begin() + first_new, events.end()));
   {
     std::lock_guard lk(mu_);
     live_.erase(rec.uuid);

@@ -50,10 +50,27 @@ std::vector<store::EventRecord> LiveOperation::events_after(int64_t after, std::
   return collect();
 }
 
-void LiveOperation::finish() {
+bool LiveOperation::begin_finishing() {
+  std::lock_guard lk(mu_);
+  if (finishing_) return false;
+  finishing_ = true;
+  return true;
+}
+
+bool LiveOperation::finishing() const {
+  std::lock_guard lk(mu_);
+  return finishing_;
+}
+
+void LiveOperation::complete(const store::OperationRecord& rec,
+                             const std::vector<store::EventRecord>& tail) {
   {
     std::lock_guard lk(mu_);
+    rec_ = rec;
+    for (const auto& e : tail)
+      if (e.id >= static_cast<int64_t>(events_.size())) events_.push_back(e);
     finished_ = true;
+    finishing_ = true;
   }
   cv_.notify_all();
 }

@@ -34,8 +34,13 @@ class LiveOperation {
   // when none is there yet and the operation is not finished.
   std::vector<store::EventRecord> events_after(int64_t after, std::optional<int> spid,
                                                std::chrono::milliseconds wait) const;
-  // Marks the operation finished (after its final state was stored) and wakes followers.
-  void finish();
+  // Marks the operation as being finalised (cancel is refused from then on). Returns false
+  // when it already was.
+  bool begin_finishing();
+  bool finishing() const;
+  // Publishes the final state in one step: the record, the remaining events (the completion
+  // last, ids continuing the log) and the finished flag; then wakes followers.
+  void complete(const store::OperationRecord& rec, const std::vector<store::EventRecord>& tail);
   bool finished() const;
 
   sandbox::CancelToken& cancel_token() { return cancel_; }
@@ -46,6 +51,7 @@ class LiveOperation {
   store::OperationRecord rec_;
   std::vector<store::EventRecord> events_;
   bool finished_ = false;
+  bool finishing_ = false;
   sandbox::CancelToken cancel_;
 };
 

@@ -130,6 +130,16 @@ def test_cancel_running_pending_and_finished(client, busybox):
         assert client.request("DELETE", f"/v1/operations/{o}").status == 202
     for o in ops:
         assert client.wait(o)["status"] == "CANCELLED"
+        ev = client.events(o)
+        # every instance log has the main process's exit before the completion (SDK requirement)
+        assert [e["type"] for e in ev][-2:] == ["exit", "completion"] and ev[-2]["spid"] == 1
+
+
+def test_setup_failure_still_ends_with_exit_and_completion(client, busybox):
+    op = client.run(busybox, "true", cwd="/does/not/exist")
+    assert op["status"] == "FAILED" and "cwd" in op["error"]
+    types = [e["type"] for e in client.events(op["uuid"])]
+    assert types[-2:] == ["exit", "completion"]
 
 
 def test_result_image_is_usable_as_soon_as_completion_is_seen(client, busybox):

@@ -34,13 +34,19 @@ TEST(LiveOperation, FollowerWakesOnAppendAndFinish) {
   ASSERT_EQ(got.size(), 1u);
   std::thread t2([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(30));
-    op.finish();
+    store::OperationRecord rec;
+    rec.status = "SUCCESS";
+    op.complete(rec, {store::EventRecord{1, 0, 0, "completion", {}}});
   });
   auto start = std::chrono::steady_clock::now();
-  EXPECT_TRUE(op.events_after(0, std::nullopt, std::chrono::seconds(5)).empty());
+  auto tail = op.events_after(0, std::nullopt, std::chrono::seconds(5));
+  ASSERT_EQ(tail.size(), 1u);
+  EXPECT_EQ(tail[0].type, "completion");
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
   t2.join();
   EXPECT_TRUE(op.finished());
+  EXPECT_EQ(op.record().status, "SUCCESS");
+  EXPECT_FALSE(op.begin_finishing());
 }
 
 }  // namespace
