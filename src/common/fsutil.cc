@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <memory>
 #include <set>
+#include <vector>
 #include <utility>
 
 #include "common/error.h"
@@ -25,34 +27,81 @@ void make_dirs(const fs::path& p, mode_t mode) {
 }
 
 namespace {
-void remove_children(int dirfd, const std::string& where) {
-  UniqueFd dup(::dup(dirfd));
-  DIR* d = ::fdopendir(dup.get());
-  if (!d) throw sys_error("fdopendir " + where);
-  dup.release();
-  std::unique_ptr<DIR, int (*)(DIR*)> guard(d, ::closedir);
-  while (dirent* e = ::readdir(d)) {
-    std::string_view n = e->d_name;
-    if (n == "." || n == "..") continue;
-    if (::unlinkat(dirfd, e->d_name, 0) == 0) continue;
-    if (errno != EISDIR && errno != EPERM) throw sys_error("unlink " + where + "/" + e->d_name);
-    UniqueFd child(::openat(dirfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!child) throw sys_error("open " + where + "/" + e->d_name);
-    remove_children(child.get(), where + "/" + e->d_name);
-    if (::unlinkat(dirfd, e->d_name, AT_REMOVEDIR) != 0)
-      throw sys_error("rmdir " + where + "/" + e->d_name);
+
+// Depth-first walk of the tree below the directory `root` that never follows symlinks and
+// holds one directory fd at a time, whatever the depth (trees written by sandboxed code can be
+// arbitrarily deep): a level's names are read into memory, children are entered with
+// openat(O_NOFOLLOW) and left through "..". `on_entry(dirfd, name, st)` sees every entry
+// before its contents; `on_dir_exit(dirfd, name)` runs after a directory's contents, with the
+// parent's fd. Throws Error on any failure (nothing is silently skipped).
+template <typename OnEntry, typename OnDirExit>
+void walk_tree(const fs::path& root, OnEntry on_entry, OnDirExit on_dir_exit) {
+  struct Level {
+    std::vector<std::string> names;
+    size_t next = 0;
+    std::string name;  // this directory's name in its parent
+  };
+  auto list = [&](int fd, std::string name) {
+    Level lv;
+    lv.name = std::move(name);
+    UniqueFd dup(::dup(fd));
+    DIR* d = dup ? ::fdopendir(dup.get()) : nullptr;
+    if (!d) throw sys_error("opendir below " + root.string());
+    dup.release();
+    std::unique_ptr<DIR, int (*)(DIR*)> guard(d, ::closedir);
+    ::rewinddir(d);
+    while (dirent* e = ::readdir(d)) {
+      std::string_view n = e->d_name;
+      if (n != "." && n != "..") lv.names.emplace_back(n);
+    }
+    return lv;
+  };
+  UniqueFd cur(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!cur) throw sys_error("open " + root.string());
+  std::vector<Level> stack;
+  stack.push_back(list(cur.get(), ""));
+  while (!stack.empty()) {
+    Level& lv = stack.back();
+    if (lv.next == lv.names.size()) {
+      std::string name = lv.name;
+      stack.pop_back();
+      if (stack.empty()) break;
+      UniqueFd up(::openat(cur.get(), "..", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+      if (!up) throw sys_error("open .. below " + root.string());
+      cur = std::move(up);
+      on_dir_exit(cur.get(), name);
+      continue;
+    }
+    std::string name = lv.names[lv.next++];
+    struct stat st;
+    if (::fstatat(cur.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+      if (errno == ENOENT) continue;
+      throw sys_error("stat " + name + " below " + root.string());
+    }
+    on_entry(cur.get(), name, st);
+    if (!S_ISDIR(st.st_mode)) continue;
+    UniqueFd child(::openat(cur.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!child) throw sys_error("open " + name + " below " + root.string());
+    cur = std::move(child);
+    stack.push_back(list(cur.get(), name));
   }
 }
+
 }  // namespace
 
 void remove_tree(const fs::path& p) {
   if (::unlink(p.c_str()) == 0 || errno == ENOENT) return;
-  UniqueFd d(::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!d) {
-    if (errno == ENOENT) return;
-    throw sys_error("open " + p.string());
-  }
-  remove_children(d.get(), p.string());
+  if (errno != EISDIR && errno != EPERM) throw sys_error("unlink " + p.string());
+  walk_tree(
+      p,
+      [&](int dirfd, const std::string& name, const struct stat& st) {
+        if (!S_ISDIR(st.st_mode) && ::unlinkat(dirfd, name.c_str(), 0) != 0 && errno != ENOENT)
+          throw sys_error("unlink " + name + " below " + p.string());
+      },
+      [&](int dirfd, const std::string& name) {
+        if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
+          throw sys_error("rmdir " + name + " below " + p.string());
+      });
   if (::rmdir(p.c_str()) != 0 && errno != ENOENT) throw sys_error("rmdir " + p.string());
 }
 
@@ -100,76 +149,43 @@ void write_file_atomic(const fs::path& p, std::string_view data, bool durable) {
   if (durable) fsync_dir(p.parent_path());
 }
 
-namespace {
-void walk_size(int dirfd, TreeSize& ts, std::set<std::pair<dev_t, ino_t>>& seen) {
-  UniqueFd dup(::dup(dirfd));
-  DIR* d = ::fdopendir(dup.get());
-  if (!d) throw sys_error("fdopendir");
-  dup.release();
-  std::unique_ptr<DIR, int (*)(DIR*)> guard(d, ::closedir);
-  while (dirent* e = ::readdir(d)) {
-    std::string_view n = e->d_name;
-    if (n == "." || n == "..") continue;
-    struct stat st;
-    if (::fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
-    ts.entries++;
-    if (st.st_nlink > 1 && !S_ISDIR(st.st_mode) && !seen.insert({st.st_dev, st.st_ino}).second)
-      continue;
-    ts.bytes += static_cast<uint64_t>(st.st_blocks) * 512;
-    if (S_ISDIR(st.st_mode)) {
-      UniqueFd c(::openat(dirfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-      if (c) walk_size(c.get(), ts, seen);
-    }
-  }
-}
-
-void walk_shift(int dirfd, const std::string& where, uid_t shift) {
-  UniqueFd dup(::dup(dirfd));
-  DIR* d = ::fdopendir(dup.get());
-  if (!d) throw sys_error("fdopendir " + where);
-  dup.release();
-  std::unique_ptr<DIR, int (*)(DIR*)> guard(d, ::closedir);
-  while (dirent* e = ::readdir(d)) {
-    std::string_view n = e->d_name;
-    if (n == "." || n == "..") continue;
-    struct stat st;
-    if (::fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0)
-      throw sys_error("stat " + where + "/" + e->d_name);
-    if (st.st_uid < shift || st.st_gid < shift) {
-      // chown clears setuid/setgid bits on regular files: restore the mode afterwards.
-      if (::fchownat(dirfd, e->d_name, st.st_uid % shift + shift, st.st_gid % shift + shift,
-                     AT_SYMLINK_NOFOLLOW) != 0)
-        throw sys_error("chown " + where + "/" + e->d_name);
-      if (!S_ISLNK(st.st_mode) && (st.st_mode & 06000))
-        ::fchmodat(dirfd, e->d_name, st.st_mode & 07777, 0);
-    }
-    if (S_ISDIR(st.st_mode)) {
-      UniqueFd c(::openat(dirfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-      if (!c) throw sys_error("open " + where + "/" + e->d_name);
-      walk_shift(c.get(), where + "/" + e->d_name, shift);
-    }
-  }
-}
-}  // namespace
-
 TreeSize tree_size(const fs::path& p) {
   TreeSize ts;
-  UniqueFd d(::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!d) throw sys_error("open " + p.string());
   std::set<std::pair<dev_t, ino_t>> seen;
-  walk_size(d.get(), ts, seen);
+  walk_tree(
+      p,
+      [&](int, const std::string&, const struct stat& st) {
+        ts.entries++;
+        if (st.st_nlink > 1 && !S_ISDIR(st.st_mode) && !seen.insert({st.st_dev, st.st_ino}).second)
+          return;
+        ts.bytes += static_cast<uint64_t>(st.st_blocks) * 512;
+      },
+      [](int, const std::string&) {});
   return ts;
 }
+
+namespace {
+void shift_one(int dirfd, const char* name, const struct stat& st, uid_t shift,
+               const std::string& what) {
+  if (st.st_uid >= shift && st.st_gid >= shift) return;
+  if (::fchownat(dirfd, name, st.st_uid % shift + shift, st.st_gid % shift + shift,
+                 AT_SYMLINK_NOFOLLOW) != 0)
+    throw sys_error("chown " + what);
+  // chown clears setuid/setgid bits on regular files: restore the mode afterwards.
+  if (!S_ISLNK(st.st_mode) && (st.st_mode & 06000)) ::fchmodat(dirfd, name, st.st_mode & 07777, 0);
+}
+}  // namespace
 
 void shift_ownership(const fs::path& p, uid_t shift) {
   struct stat st;
   if (::lstat(p.c_str(), &st) != 0) throw sys_error("stat " + p.string());
-  if (st.st_uid < shift || st.st_gid < shift)
-    if (::lchown(p.c_str(), st.st_uid % shift + shift, st.st_gid % shift + shift) != 0)
-      throw sys_error("chown " + p.string());
-  UniqueFd d(::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!d) throw sys_error("open " + p.string());
-  walk_shift(d.get(), p.string(), shift);
+  shift_one(AT_FDCWD, p.c_str(), st, shift, p.string());
+  walk_tree(
+      p,
+      [&](int dirfd, const std::string& name, const struct stat& est) {
+        shift_one(dirfd, name.c_str(), est, shift, name + " below " + p.string());
+      },
+      [](int, const std::string&) {});
 }
 
 }  // namespace coppice
