@@ -27,15 +27,24 @@ void Api::handle(Exchange& ex) {
     if (!ex.responded()) throw not_found("no such endpoint");
   } catch (const Error& e) {
     if (!ex.responded()) ex.reply_error(e.status(), e.what());
+    else ex.abort();
   } catch (const std::exception& e) {
     spdlog::error("{} {}: {}", std::string(http::to_string(ex.method())),
                   std::string(ex.header().target()), e.what());
     if (!ex.responded()) ex.reply_error(500, e.what());
+    else ex.abort();
   }
 }
 
 void Api::authenticate(Exchange& ex) {
-  std::string auth = ex.header_value(http::field::authorization);
+  auto [token_uuid, project] = authenticate(ex.header());
+  ex.token_uuid = std::move(token_uuid);
+  ex.project = std::move(project);
+}
+
+std::pair<std::string, std::string> Api::authenticate(const http::request_header<>& header) {
+  auto it_auth = header.find(http::field::authorization);
+  std::string auth = it_auth == header.end() ? "" : std::string(it_auth->value());
   if (auth.empty()) throw Error(401, "missing Authorization: Bearer <token>");
   if (auth.size() < 8 || strncasecmp(auth.c_str(), "bearer ", 7) != 0)
     throw Error(401, "Authorization must be a Bearer token");
@@ -45,19 +54,14 @@ void Api::authenticate(Exchange& ex) {
   {
     std::lock_guard lk(token_mu_);
     auto it = token_cache_.find(hash);
-    if (it != token_cache_.end()) {
-      ex.token_uuid = it->second.first;
-      ex.project = it->second.second;
-      return;
-    }
+    if (it != token_cache_.end()) return it->second;
   }
   auto rec = engine_.meta().find_token(hash);
   if (!rec) throw Error(401, "invalid token");
-  ex.token_uuid = rec->uuid;
-  ex.project = rec->project;
   std::lock_guard lk(token_mu_);
   if (token_cache_.size() > 10000) token_cache_.clear();
   token_cache_[hash] = {rec->uuid, rec->project};
+  return {rec->uuid, rec->project};
 }
 
 void Api::route(Exchange& ex) {

@@ -26,6 +26,9 @@ class Api {
   void handle(Exchange& ex);
   // True when a request (method + path) is an upload whose body should go to a file.
   static bool is_upload(http::verb method, std::string_view target);
+  // (token uuid, project) of a request's bearer token; throws a 401 Error. Used before a
+  // request body is read, so that nothing is accepted from unauthenticated clients.
+  std::pair<std::string, std::string> authenticate(const http::request_header<>& header);
   const ApiConfig& config() const { return cfg_; }
 
  private:

@@ -119,11 +119,15 @@ nlohmann::json Exchange::json_body() const {
 
 void Exchange::reply_json(int status, const nlohmann::json& j,
                           const std::vector<std::pair<std::string, std::string>>& headers) {
-  reply(status, j.dump(), "application/json", headers);
+  // Strings echoed from requests may hold invalid UTF-8: replace it rather than fail.
+  reply(status, j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+        "application/json", headers);
 }
 
 void Exchange::reply_error(int status, const std::string& message) {
-  reply_json(status, {{"error", message}, {"status", status}});
+  std::vector<std::pair<std::string, std::string>> headers;
+  if (status == 425 || status == 429 || status == 503) headers.push_back({"Retry-After", "1"});
+  reply_json(status, {{"error", message}, {"status", status}}, headers);
 }
 
 void Exchange::reply(int status, std::string body, const std::string& content_type,

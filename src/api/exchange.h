@@ -73,6 +73,9 @@ class Exchange {
   void end_stream();
 
   bool responded() const { return responded_; }
+  // A response broke off half-way (e.g. a stream failed): the connection must be closed.
+  void abort() { keep_alive_ = false; }
+  void set_keep_alive(bool k) { keep_alive_ = k; }
   bool keep_alive() const { return keep_alive_; }
   int status() const { return status_; }
 

@@ -17,6 +17,8 @@ namespace coppice::api {
 namespace beast = boost::beast;
 
 namespace {
+constexpr int kIoTimeoutSeconds = 60;
+
 tcp::endpoint parse_listen(const std::string& listen) {
   std::string host = listen, port = "8080";
   if (!listen.empty() && listen[0] == '[') {
@@ -71,6 +73,10 @@ void HttpServer::run() {
       continue;
     }
     sock.set_option(tcp::no_delay(true), ec);
+    // A peer that stops reading or writing for this long loses its connection (and thread).
+    timeval tv{kIoTimeoutSeconds, 0};
+    ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     active_++;
     std::thread([this, s = std::move(sock)]() mutable {
       serve(std::move(s));
@@ -111,6 +117,18 @@ void HttpServer::serve(tcp::socket sock) {
       http::read_header(sock, buf, hp, ec);
       if (ec) break;
       auto& hdr = hp.get();
+      // Authenticate from the header alone: no body (and no 100 Continue) without a valid
+      // token. Non-API paths fall through to the router's 404.
+      if (std::string(hdr.target()).find("/v1") != std::string::npos) {
+        try {
+          api_.authenticate(hdr);
+        } catch (const Error& e) {
+          Exchange ex(sock, hdr, "");
+          ex.set_keep_alive(false);
+          ex.reply_error(e.status(), e.what());
+          break;
+        }
+      }
       auto expect = hdr.find(http::field::expect);
       if (expect != hdr.end() && beast::iequals(expect->value(), "100-continue")) {
         static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -130,6 +148,7 @@ void HttpServer::serve(tcp::socket sock) {
           ::unlink(tmp.c_str());
           if (ec == http::error::body_limit) {
             Exchange ex(sock, fp.get().base(), "");
+            ex.set_keep_alive(false);
             ex.reply_error(413, fmt::format("upload is larger than {} bytes", cfg.max_upload));
           }
           break;
@@ -146,6 +165,7 @@ void HttpServer::serve(tcp::socket sock) {
         if (!too_big) http::read(sock, buf, sp, ec);
         if (too_big || ec == http::error::body_limit) {
           Exchange ex(sock, sp.get().base(), "");
+          ex.set_keep_alive(false);
           ex.reply_error(413, fmt::format("request body is larger than {} bytes", cfg.max_json_body));
           break;
         }

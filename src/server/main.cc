@@ -6,6 +6,7 @@
 //   coppiced image import-rootfs DIR|TAR --tag T [--data-dir DIR]
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 
 #include <csignal>
 #include <iostream>
@@ -52,6 +53,12 @@ int serve(const Paths& paths, const ServeOptions& o) {
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
+  // Every queued operation holds an eventfd and every connection a socket: use the hard limit.
+  rlimit nofile;
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
 
   store::LayerStore layers(paths.data_dir, o.durable);
   auto meta = store::open_sqlite_store(layers.db_path());

@@ -1,5 +1,6 @@
 """Contract details of the HTTP API: auth, tenants, tags, files, lists, errors, encodings."""
 import gzip
+import os
 import hashlib
 import time
 
@@ -167,3 +168,20 @@ def test_gzip_only_when_asked(server, busybox):
     ev = gz.get(f"/v1/operations/{op}/events")
     assert ev.headers["content-encoding"] == "gzip"
     assert parse_sse(ev.text)[-1]["type"] == "completion"
+
+
+def test_unauthenticated_upload_is_refused_before_its_body(server):
+    import socket
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  b"Content-Type: application/octet-stream\r\nContent-Length: 500000000\r\n\r\n")
+        reply = s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 401"), reply  # no "100 Continue" first
+    assert not [f for f in os.listdir(os.path.join(server.data_dir, "tmp"))
+                if f.startswith("upload-")]
+
+
+def test_invalid_utf8_in_path_gets_a_json_error(client):
+    r = client.get("/v1/inspect/%ff%fe/")
+    assert r.status == 404 and r.json()["status"] == 404
+
