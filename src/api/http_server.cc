@@ -97,8 +97,8 @@ void HttpServer::stop(bool close_connections) {
 }
 
 void HttpServer::wait_connections() {
-  for (int i = 0; i < 500 && active_.load() > 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Bounded by the sockets' I/O timeouts: every connection thread ends within them.
+  while (active_.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
 }
 
 void HttpServer::serve(tcp::socket sock) {

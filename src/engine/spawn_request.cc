@@ -230,6 +230,9 @@ SpawnRequest parse_spawn_request(const json& body, const SpawnLimits& limits) {
     for (const auto& [path, spec] : f->items()) {
       std::string p = normalize_sandbox_path(path, "file path");
       if (p == "/") throw bad_request("file path must name a file");
+      for (const char* pseudo : {"/proc", "/sys", "/dev"})
+        if (p == pseudo || p.rfind(std::string(pseudo) + "/", 0) == 0)
+          throw bad_request(fmt::format("files cannot be injected under {}: {}", pseudo, p));
       if (!spec.is_object()) throw bad_request(fmt::format("`files[{}]` must be an object", path));
       FileSpec fs;
       fs.uuid = get_string(spec, "uuid");

@@ -1,5 +1,8 @@
 #include "sandbox/mounts.h"
 
+#include <linux/openat2.h>
+#include <sys/syscall.h>
+
 #include <fcntl.h>
 #include <limits.h>
 #include <sys/mount.h>
@@ -181,7 +184,13 @@ int inject_file(const InjectedFile& f, int* status, ChildMsg& err) noexcept {
     }
     buf[i] = '/';
   }
-  int fd = ::open(f.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  // No magic links (/proc/self/fd/N would reach the init's own pipes); symlinks of the image
+  // itself resolve inside the root we pivoted into.
+  open_how how{};
+  how.flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+  how.mode = 0600;
+  how.resolve = RESOLVE_NO_MAGICLINKS;
+  int fd = static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, f.path, &how, sizeof how));
   if (fd < 0) return fail(err, "file injection: create", f.path, errno);
   *status = 500;
   bool use_cfr = true, use_sendfile = true;

@@ -61,7 +61,7 @@ int serve(const Paths& paths, const ServeOptions& o) {
   }
 
   store::LayerStore layers(paths.data_dir, o.durable);
-  auto meta = store::open_sqlite_store(layers.db_path());
+  auto meta = store::open_sqlite_store(layers.db_path(), o.durable);
   sandbox::NamespaceConfig ns;
   // One cgroup subtree per data directory, so that two servers on one host (tests, staging)
   // never clean up each other's sandboxes during startup recovery.

@@ -71,7 +71,9 @@ class MetaStore {
 
 // SQLite backend: WAL mode, versioned migrations (PRAGMA user_version), one connection
 // guarded by a mutex. Safe to open from several processes (the admin commands run beside the
-// server); busy waits up to 5 s.
-std::unique_ptr<MetaStore> open_sqlite_store(const std::filesystem::path& db_path);
+// server); busy waits up to 5 s. `durable`: synchronous=FULL (a commit survives power loss);
+// otherwise NORMAL (survives a crash of the process, may lose the last commits on power loss).
+std::unique_ptr<MetaStore> open_sqlite_store(const std::filesystem::path& db_path,
+                                             bool durable = false);
 
 }  // namespace coppice::store

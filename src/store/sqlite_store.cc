@@ -195,7 +195,7 @@ FileRecord read_file_rec(const Stmt& s) {
 
 class SqliteStore final : public MetaStore {
  public:
-  explicit SqliteStore(const std::filesystem::path& path) {
+  SqliteStore(const std::filesystem::path& path, bool durable) {
     if (sqlite3_open_v2(path.c_str(), &db_,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         nullptr) != SQLITE_OK) {
@@ -205,7 +205,7 @@ class SqliteStore final : public MetaStore {
     }
     sqlite3_busy_timeout(db_, 5000);
     exec("PRAGMA journal_mode=WAL");
-    exec("PRAGMA synchronous=NORMAL");
+    exec(durable ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
     exec("PRAGMA foreign_keys=ON");
     migrate();
   }
@@ -512,8 +512,8 @@ class SqliteStore final : public MetaStore {
 
 }  // namespace
 
-std::unique_ptr<MetaStore> open_sqlite_store(const std::filesystem::path& db_path) {
-  return std::make_unique<SqliteStore>(db_path);
+std::unique_ptr<MetaStore> open_sqlite_store(const std::filesystem::path& db_path, bool durable) {
+  return std::make_unique<SqliteStore>(db_path, durable);
 }
 
 }  // namespace coppice::store

@@ -124,3 +124,12 @@ def test_loopback_works_but_network_config_is_locked(client, busybox):
     lines = out.splitlines()
     assert lines[0] == "hello"  # a server on a privileged port, reached over lo
     assert lines[1] != "rc=0" and lines[2] != "rc=0"
+
+
+def test_file_injection_refuses_magic_links(client, busybox):
+    f = client.upload(b"forged\n")
+    img = client.run(busybox, "ln -s /proc/self/fd/3 /trap")["result_image_uuid"]
+    op = client.run(img, "echo ran", files={"/trap": {"uuid": f["uuid"]}})
+    assert op["status"] == "FAILED" and "injection" in op["error"]
+    assert client.post("/v1/instances", {"image": img, "command": "true", "files": {
+        "/proc/self/fd/4": {"uuid": f["uuid"]}}}).status == 400

@@ -62,6 +62,9 @@ TEST(SpawnRequest, RejectsBadInput) {
   EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"env", {{"A=B", "1"}}}}), 400);
   EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"files", {{"/f", {{"mode", "0644"}}}}}}), 400);
   EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"files", {{"/", {{"uuid", "u"}}}}}}), 400);
+  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"},
+                 {"files", {{"/proc/self/fd/4", {{"uuid", "u"}}}}}}),
+            400);
   EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"shell", true}, {"args", {"a"}}}), 400);
   EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"networking", {{"enabled", true}}}}), 400);
   EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"stdin", {{"value", "!!"}, {"encoding", "base64"}}}}),
