@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "common/fsutil.h"
+#include "layer_fixture.h"
 
 namespace coppice::inspect {
 namespace {
@@ -25,16 +26,10 @@ using store::LayerView;
 constexpr uid_t kShift = 100000;
 
 // Two layers (l0 on top of l1) holding a small image with its own /etc/passwd and /etc/group.
-class InspectTest : public ::testing::Test {
+class InspectTest : public coppice::testing::LayerFixture {
  protected:
   void SetUp() override {
-    char tmpl[] = "/var/tmp/coppice-inspect-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
-    for (int i = 0; i < 2; ++i) {
-      layers_.push_back(root_ / ("l" + std::to_string(i)));
-      make_dirs(layers_.back());
-    }
+    make_layers(2, "coppice-inspect", "HOST SECRET canary\n");
     file(1, "etc/passwd",
          "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n");
     file(1, "etc/group", "root:x:0:\nstaff:x:50:alice\n");
@@ -53,54 +48,20 @@ class InspectTest : public ::testing::Test {
     own("etc", 0, kShift, kShift);
     own("etc", 1, kShift, kShift);
     own("bin", 0, kShift, kShift);
-    canary_ = root_ / "canary";
-    write(canary_, "HOST SECRET canary\n");
   }
-  void TearDown() override { remove_tree(root_); }
 
-  static void write(const fs::path& p, std::string_view data, mode_t mode = 0644) {
-    make_dirs(p.parent_path());
-    int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC, mode);
-    ASSERT_GE(fd, 0) << p;
-    ASSERT_EQ(::write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
-    ::close(fd);
-    ::chmod(p.c_str(), mode);
-  }
-  void file(int layer, const std::string& rel, std::string_view data, mode_t mode = 0644) {
-    write(layers_[layer] / rel, data, mode);
-  }
-  void link(int layer, const std::string& rel, const std::string& target) {
-    make_dirs((layers_[layer] / rel).parent_path());
-    ASSERT_EQ(::symlink(target.c_str(), (layers_[layer] / rel).c_str()), 0);
-  }
   void own(const std::string& rel, int layer, uid_t u, gid_t g) {
     auto p = layers_[layer] / rel;
     if (!fs::exists(fs::symlink_status(p))) make_dirs(p);
     ASSERT_EQ(::lchown(p.c_str(), u, g), 0) << p;
   }
-  void whiteout(int layer, const std::string& rel) {
-    make_dirs((layers_[layer] / rel).parent_path());
-    ASSERT_EQ(::mknod((layers_[layer] / rel).c_str(), S_IFCHR | 0, makedev(0, 0)), 0);
-  }
 
   LayerView view() const { return LayerView(layers_, kShift); }
-  static int status_of(const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e.status();
-    }
-    return 0;
-  }
   static const nlohmann::json* find(const nlohmann::json& files, const std::string& name) {
     for (const auto& f : files)
       if (f["path"] == name) return &f;
     return nullptr;
   }
-
-  fs::path root_;
-  std::vector<fs::path> layers_;
-  fs::path canary_;
 };
 
 // --- list ------------------------------------------------------------------------------------

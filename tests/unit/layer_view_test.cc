@@ -14,50 +14,15 @@
 
 #include "common/error.h"
 #include "common/fsutil.h"
+#include "layer_fixture.h"
 
 namespace coppice::store {
 namespace {
 
-// Real layer directories (top first: l0, l1, l2) in a temp dir, as overlayfs would write them.
-class LayerFixture : public ::testing::Test {
+// Three layers (top first: l0, l1, l2), as overlayfs would write them.
+class LayerFixture : public coppice::testing::LayerFixture {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/var/tmp/coppice-lv-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl), nullptr);
-    root_ = tmpl;
-    for (int i = 0; i < 3; ++i) {
-      layers_.push_back(root_ / ("l" + std::to_string(i)));
-      make_dirs(layers_.back());
-    }
-    canary_ = root_ / "canary";
-    write(canary_, "HOST SECRET");
-  }
-  void TearDown() override { remove_tree(root_); }
-
-  static void write(const fs::path& p, std::string_view data, mode_t mode = 0644) {
-    make_dirs(p.parent_path());
-    int fd = ::open(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC, mode);
-    ASSERT_GE(fd, 0) << p;
-    ASSERT_EQ(::write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
-    ::close(fd);
-    ::chmod(p.c_str(), mode);
-  }
-  void file(int layer, const std::string& rel, std::string_view data, mode_t mode = 0644) {
-    write(layers_[layer] / rel, data, mode);
-  }
-  void dir(int layer, const std::string& rel) { make_dirs(layers_[layer] / rel); }
-  void link(int layer, const std::string& rel, const std::string& target) {
-    make_dirs((layers_[layer] / rel).parent_path());
-    ASSERT_EQ(::symlink(target.c_str(), (layers_[layer] / rel).c_str()), 0);
-  }
-  void whiteout(int layer, const std::string& rel) {
-    make_dirs((layers_[layer] / rel).parent_path());
-    ASSERT_EQ(::mknod((layers_[layer] / rel).c_str(), S_IFCHR | 0, makedev(0, 0)), 0);
-  }
-  void opaque(int layer, const std::string& rel) {
-    dir(layer, rel);
-    ASSERT_EQ(::setxattr((layers_[layer] / rel).c_str(), "user.overlay.opaque", "y", 1, 0), 0);
-  }
+  void SetUp() override { make_layers(3, "coppice-lv", "HOST SECRET"); }
 
   LayerView view(uid_t shift = 0) const { return LayerView(layers_, shift); }
 
@@ -76,18 +41,6 @@ class LayerFixture : public ::testing::Test {
   std::string cat(const LayerView& v, std::string_view path) {
     return read_fd(v.open_file(v.resolve(path)));
   }
-  static int status_of(const std::function<void()>& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e.status();
-    }
-    return 0;
-  }
-
-  fs::path root_;
-  std::vector<fs::path> layers_;
-  fs::path canary_;
 };
 
 using LayerViewTest = LayerFixture;
