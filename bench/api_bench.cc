@@ -13,6 +13,7 @@
 // Scenario a measures both; the faster (by p50) is used for every other scenario.
 // Lines starting with "RESULT " are machine-readable (bench/run.sh reads them).
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -20,6 +21,10 @@
 
 #include <algorithm>
 #include <atomic>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -27,6 +32,7 @@
 #include <cstring>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <optional>
 #include <set>
@@ -34,13 +40,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 namespace beast = boost::beast;
 namespace http = beast::http;
@@ -84,12 +83,15 @@ Stats stats(const std::vector<double>& v) {
   return s;
 }
 
-std::string verdict(double value, double target) { return value <= target ? "PASS" : "MISS"; }
+std::string verdict(double value, double target) {
+  return value <= target ? "PASS" : "MISS";
+}
 
 void print_stats(const std::string& name, const Stats& s) {
-  std::cout << fmt::format("  {:<46} n={:<4} p50={:8.2f} ms  p99={:8.2f} ms  mean={:8.2f} ms  "
-                           "min={:7.2f}  max={:8.2f}\n",
-                           name, s.n, s.p50, s.p99, s.mean, s.min, s.max);
+  std::cout << fmt::format(
+      "  {:<46} n={:<4} p50={:8.2f} ms  p99={:8.2f} ms  mean={:8.2f} ms  "
+      "min={:7.2f}  max={:8.2f}\n",
+      name, s.n, s.p50, s.p99, s.mean, s.min, s.max);
 }
 
 void print_target(const std::string& what, double value, double target, const std::string& unit) {
@@ -172,7 +174,9 @@ class Client {
 // Runs
 
 enum class Method { Events, Poll };
-const char* method_name(Method m) { return m == Method::Events ? "events" : "poll"; }
+const char* method_name(Method m) {
+  return m == Method::Events ? "events" : "poll";
+}
 
 struct Config {
   std::string host = "127.0.0.1", port, token, image;
@@ -191,9 +195,11 @@ struct RunResult {
   int64_t image_size = -1;
 };
 
-json spawn_body(const std::string& image, const std::string& command, bool shell,
-                bool disposable) {
-  return {{"image", image}, {"command", command}, {"shell", shell}, {"disposable", disposable},
+json spawn_body(const std::string& image, const std::string& command, bool shell, bool disposable) {
+  return {{"image", image},
+          {"command", command},
+          {"shell", shell},
+          {"disposable", disposable},
           {"timeout", 300}};
 }
 
@@ -206,7 +212,8 @@ std::atomic<int> g_spawn_404_retries{0};
 std::string post_spawn(Client& c, const json& body) {
   const std::string payload = body.dump();
   Resp r = c.post("/v1/instances", payload);
-  for (auto t0 = Clock::now(); r.status == 404 && r.body.find("image not found") != std::string::npos &&
+  for (auto t0 = Clock::now(); r.status == 404 &&
+                               r.body.find("image not found") != std::string::npos &&
                                ms_since(t0) < 2000;) {
     g_spawn_404_retries.fetch_add(1);
     std::this_thread::sleep_for(std::chrono::microseconds(100));
@@ -247,7 +254,9 @@ bool parse_events(const std::string& text, RunResult& out) {
   return completed;
 }
 
-bool terminal(const std::string& s) { return s == "SUCCESS" || s == "FAILED" || s == "CANCELLED"; }
+bool terminal(const std::string& s) {
+  return s == "SUCCESS" || s == "FAILED" || s == "CANCELLED";
+}
 
 void wait_completion(Client& c, const std::string& op, Method m, RunResult& out) {
   if (m == Method::Events) {
@@ -296,15 +305,19 @@ RunResult run(Client& c, const json& body, Method m, bool check = true) {
   wait_completion(c, op, m, out);
   out.ms = ms_since(t0);
   if (check && (out.status != "SUCCESS" || (out.exit_code != 0 && out.exit_code != -1000)))
-    throw std::runtime_error(fmt::format("run {} of {}: status {} exit {}", op, body.dump(),
-                                         out.status, out.exit_code));
+    throw std::runtime_error(
+        fmt::format("run {} of {}: status {} exit {}", op, body.dump(), out.status, out.exit_code));
   if (check && !body.value("disposable", true) && !out.result_image)
     throw std::runtime_error("non-disposable run produced no result image: " + op);
   return out;
 }
-RunResult run(Client& c, const json& body) { return run(c, body, g.method); }
+RunResult run(Client& c, const json& body) {
+  return run(c, body, g.method);
+}
 
-int n(int full, int quick) { return g.quick ? quick : full; }
+int n(int full, int quick) {
+  return g.quick ? quick : full;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Scenarios
@@ -315,8 +328,8 @@ void scenario_a(Client& c, bool compare) {
   const int N = n(200, 50);
   for (int i = 0; i < 10; ++i) run(c, body, Method::Events);  // warm-up
   std::map<Method, Stats> by;
-  std::vector<Method> methods = compare ? std::vector<Method>{Method::Events, Method::Poll}
-                                        : std::vector<Method>{g.method};
+  std::vector<Method> methods =
+      compare ? std::vector<Method>{Method::Events, Method::Poll} : std::vector<Method>{g.method};
   // Interleave methods so that drift (page cache, flattening, other load) hits both alike.
   std::map<Method, std::vector<double>> lat;
   for (int i = 0; i < N; ++i)
@@ -385,16 +398,18 @@ void scenario_b(Client& c) {
   print_stats("write 30MB/1000 files, disposable", sb);
   print_stats("same shell loop without writes, non-disposable", sz);
   double cost_p50 = sa.p50 - sb.p50, cost_mean = sa.mean - sb.mean;
-  std::cout << fmt::format("  snapshot cost (non-disposable - disposable): p50 {:.2f} ms, mean "
-                           "{:.2f} ms\n",
-                           cost_p50, cost_mean);
-  std::cout << fmt::format("  snapshot cost, median of paired (back-to-back) differences: {:.2f} ms\n",
-                           paired);
+  std::cout << fmt::format(
+      "  snapshot cost (non-disposable - disposable): p50 {:.2f} ms, mean "
+      "{:.2f} ms\n",
+      cost_p50, cost_mean);
+  std::cout << fmt::format(
+      "  snapshot cost, median of paired (back-to-back) differences: {:.2f} ms\n", paired);
   std::cout << fmt::format("  write run vs no-write run (both non-disposable): p50 +{:.2f} ms\n",
                            sa.p50 - sz.p50);
-  std::cout << fmt::format("  paired differences: p25 {:.2f} ms, p75 {:.2f} ms (a spread this wide means "
-                           "the write workload's noise hides the snapshot cost)\n",
-                           diff[diff.size() / 4], diff[diff.size() * 3 / 4]);
+  std::cout << fmt::format(
+      "  paired differences: p25 {:.2f} ms, p75 {:.2f} ms (a spread this wide means "
+      "the write workload's noise hides the snapshot cost)\n",
+      diff[diff.size() / 4], diff[diff.size() * 3 / 4]);
   print_target("snapshot cost, paired median (nd - d)", paired, 10, "ms");
   result("snap_write_nd_p50", sa.p50);
   result("snap_write_d_p50", sb.p50);
@@ -568,8 +583,8 @@ struct Server {
     data_dir = tmpl;
     ::chmod(data_dir.c_str(), 0755);
     const std::string log = data_dir + "/admin.log";
-    std::string img = run_capture(fmt::format("'{}' image bootstrap busybox --data-dir '{}' 2>>'{}'",
-                                              bin, data_dir, log));
+    std::string img = run_capture(
+        fmt::format("'{}' image bootstrap busybox --data-dir '{}' 2>>'{}'", bin, data_dir, log));
     g.token = run_capture(fmt::format("'{}' token create --project bench --data-dir '{}' 2>>'{}'",
                                       bin, data_dir, log));
     (void)img;
@@ -582,9 +597,9 @@ struct Server {
       if (e >= 0) ::dup2(e, 2);
       ::close(p[0]);
       ::close(p[1]);
-      const char* argv[] = {bin.c_str(), "serve",       "--listen",  "127.0.0.1:0",
-                            "--data-dir", data_dir.c_str(), "--log-level", "warn",
-                            nullptr};
+      const char* argv[] = {bin.c_str(),   "serve",      "--listen",
+                            "127.0.0.1:0", "--data-dir", data_dir.c_str(),
+                            "--log-level", "warn",       nullptr};
       ::execv(bin.c_str(), const_cast<char* const*>(argv));
       _exit(127);
     }
@@ -646,21 +661,31 @@ int main(int argc, char** argv) {
       if (i + 1 >= argc) throw std::runtime_error("missing value for " + a);
       return argv[++i];
     };
-    if (a == "--coppiced") bin = next();
-    else if (a == "--url") url = next();
-    else if (a == "--token") g.token = next();
-    else if (a == "--only") only = next();
-    else if (a == "--quick") g.quick = true;
-    else if (a == "--keep-data") keep = true;
-    else if (a == "--chain-depth") g.chain_depth = std::stoi(next());
-    else if (a == "--poll-us") g.poll_us = std::stoi(next());
-    else if (a == "--method") forced = next() == "poll" ? Method::Poll : Method::Events;
+    if (a == "--coppiced")
+      bin = next();
+    else if (a == "--url")
+      url = next();
+    else if (a == "--token")
+      g.token = next();
+    else if (a == "--only")
+      only = next();
+    else if (a == "--quick")
+      g.quick = true;
+    else if (a == "--keep-data")
+      keep = true;
+    else if (a == "--chain-depth")
+      g.chain_depth = std::stoi(next());
+    else if (a == "--poll-us")
+      g.poll_us = std::stoi(next());
+    else if (a == "--method")
+      forced = next() == "poll" ? Method::Poll : Method::Events;
     else if (a == "-h" || a == "--help") {
       std::cout << "usage: api_bench [--coppiced PATH | --url http://H:P --token T] [--only abcde]"
                    " [--quick] [--chain-depth N] [--poll-us N] [--method events|poll]"
                    " [--keep-data]\n";
       return 0;
-    } else if (a.rfind("--", 0) != 0 && bin.empty()) bin = a;
+    } else if (a.rfind("--", 0) != 0 && bin.empty())
+      bin = a;
     else {
       std::cerr << "unknown argument " << a << "\n";
       return 2;
@@ -693,7 +718,8 @@ int main(int argc, char** argv) {
     }
     Client c(g.host, g.port, g.token);
     Resp r = c.get("/v1/images?tag=busybox:latest");
-    if (r.status != 200) throw std::runtime_error(fmt::format("images: HTTP {}: {}", r.status, r.body));
+    if (r.status != 200)
+      throw std::runtime_error(fmt::format("images: HTTP {}: {}", r.status, r.body));
     json imgs = json::parse(r.body).at("images");
     for (const auto& im : imgs)
       if (im.value("tag", json()).is_string() && im["tag"] == "busybox:latest")
@@ -702,13 +728,14 @@ int main(int argc, char** argv) {
     std::cout << fmt::format("busybox:latest = {}; {} iterations; client: Beast sync keep-alive\n",
                              g.image, g.quick ? "quick" : "full");
 
-    std::cout << "load average at start: " << loadavg() << " (" << std::thread::hardware_concurrency()
-              << " CPUs)\n";
+    std::cout << "load average at start: " << loadavg() << " ("
+              << std::thread::hardware_concurrency() << " CPUs)\n";
     auto t0 = Clock::now();
     if (only.find('a') != std::string::npos) scenario_a(c, !forced.has_value());
     std::cout << fmt::format("completion detection: {}{}\n", method_name(g.method),
-                             g.method == Method::Poll ? fmt::format(" (poll every {} us)", g.poll_us)
-                                                      : " (GET .../events?follow=1)");
+                             g.method == Method::Poll
+                                 ? fmt::format(" (poll every {} us)", g.poll_us)
+                                 : " (GET .../events?follow=1)");
     if (only.find('b') != std::string::npos) scenario_b(c);
     if (only.find('c') != std::string::npos) scenario_c(c);
     if (only.find('d') != std::string::npos) scenario_d();

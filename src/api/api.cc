@@ -26,13 +26,17 @@ void Api::handle(Exchange& ex) {
     route(ex);
     if (!ex.responded()) throw not_found("no such endpoint");
   } catch (const Error& e) {
-    if (!ex.responded()) ex.reply_error(e.status(), e.what());
-    else ex.abort();
+    if (!ex.responded())
+      ex.reply_error(e.status(), e.what());
+    else
+      ex.abort();
   } catch (const std::exception& e) {
     spdlog::error("{} {}: {}", std::string(http::to_string(ex.method())),
                   std::string(ex.header().target()), e.what());
-    if (!ex.responded()) ex.reply_error(500, e.what());
-    else ex.abort();
+    if (!ex.responded())
+      ex.reply_error(500, e.what());
+    else
+      ex.abort();
   }
 }
 
@@ -116,7 +120,9 @@ store::Page parse_page(const Query& q) {
 }
 
 namespace {
-json opt(const std::optional<std::string>& s) { return s ? json(*s) : json(nullptr); }
+json opt(const std::optional<std::string>& s) {
+  return s ? json(*s) : json(nullptr);
+}
 }  // namespace
 
 json image_json(const store::ImageRecord& img) {

@@ -12,8 +12,8 @@
 namespace coppice::api {
 
 struct ApiConfig {
-  uint64_t max_json_body = 16 << 20;   // bytes
-  uint64_t max_upload = 1ull << 30;    // bytes per POST /v1/files
+  uint64_t max_json_body = 16 << 20;  // bytes
+  uint64_t max_upload = 1ull << 30;   // bytes per POST /v1/files
   int sse_keepalive_s = 15;
   std::vector<std::string> runtimes{"namespace"};
 };
@@ -37,12 +37,12 @@ class Api {
 
   // Endpoint groups, one file each.
   void whoami(Exchange& ex);
-  void images(Exchange& ex);           // api/images_routes.cc
-  void files(Exchange& ex);            // api/files_routes.cc
-  void instances(Exchange& ex);        // api/operations_routes.cc
-  void operations(Exchange& ex);       // api/operations_routes.cc
+  void images(Exchange& ex);      // api/images_routes.cc
+  void files(Exchange& ex);       // api/files_routes.cc
+  void instances(Exchange& ex);   // api/operations_routes.cc
+  void operations(Exchange& ex);  // api/operations_routes.cc
   void events(Exchange& ex, const std::string& op_uuid);
-  void inspect(Exchange& ex);          // api/inspect_routes.cc
+  void inspect(Exchange& ex);  // api/inspect_routes.cc
 
   ApiConfig cfg_;
   engine::Engine& engine_;

@@ -93,7 +93,7 @@ Exchange::Exchange(tcp::socket& sock, const http::request_header<>& header, std:
   auto conn = header_value(http::field::connection);
   for (auto& ch : conn) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   keep_alive_ = header.version() >= 11 ? conn.find("close") == std::string::npos
-                                        : conn.find("keep-alive") != std::string::npos;
+                                       : conn.find("keep-alive") != std::string::npos;
 }
 
 std::string Exchange::header_value(http::field f) const {

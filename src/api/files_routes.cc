@@ -1,8 +1,7 @@
 // POST/GET/HEAD /v1/files and /v1/files/{sha256} (contract §2.5), with the legacy query forms.
 #include <fcntl.h>
-#include <unistd.h>
-
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include "api/api.h"
 #include "common/error.h"
@@ -60,8 +59,10 @@ void Api::files(Exchange& ex) {
     auto uuid = ex.query().get("uuid");
     if (sha || uuid) {  // legacy single-record forms
       std::optional<store::FileRecord> rec;
-      if (sha) rec = meta.get_file_by_sha(ex.project, *sha);
-      else rec = meta.get_file_by_uuid(ex.project, *uuid);
+      if (sha)
+        rec = meta.get_file_by_sha(ex.project, *sha);
+      else
+        rec = meta.get_file_by_uuid(ex.project, *uuid);
       if (!rec) throw not_found("file not found");
       return ex.reply_json(200, file_json(*rec));
     }
@@ -73,8 +74,10 @@ void Api::files(Exchange& ex) {
   if (s.size() == 2) {
     std::string key = s[1];
     std::optional<store::FileRecord> rec;
-    if (is_sha256_hex(key)) rec = meta.get_file_by_sha(ex.project, key);
-    else rec = meta.get_file_by_uuid(ex.project, key);
+    if (is_sha256_hex(key))
+      rec = meta.get_file_by_sha(ex.project, key);
+    else
+      rec = meta.get_file_by_uuid(ex.project, key);
     if (!rec) throw not_found(fmt::format("file not found: {}", key));
     return ex.reply_json(200, file_json(*rec));
   }

@@ -12,7 +12,9 @@ GzipStream::GzipStream() {
     throw internal("deflateInit2 failed");
 }
 
-GzipStream::~GzipStream() { deflateEnd(&zs_); }
+GzipStream::~GzipStream() {
+  deflateEnd(&zs_);
+}
 
 std::string GzipStream::run(std::string_view in, int flush) {
   std::string out;
@@ -29,8 +31,12 @@ std::string GzipStream::run(std::string_view in, int flush) {
   return out;
 }
 
-std::string GzipStream::chunk(std::string_view in) { return run(in, Z_SYNC_FLUSH); }
-std::string GzipStream::finish() { return run({}, Z_FINISH); }
+std::string GzipStream::chunk(std::string_view in) {
+  return run(in, Z_SYNC_FLUSH);
+}
+std::string GzipStream::finish() {
+  return run({}, Z_FINISH);
+}
 
 std::string gzip_all(std::string_view in) {
   GzipStream g;

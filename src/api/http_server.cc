@@ -1,13 +1,13 @@
 #include "api/http_server.h"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "common/error.h"
 #include "common/ids.h"
@@ -39,7 +39,9 @@ tcp::endpoint parse_listen(const std::string& listen) {
 
 HttpServer::HttpServer(Api& api, const std::string& listen, std::filesystem::path upload_dir,
                        size_t max_connections)
-    : api_(api), upload_dir_(std::move(upload_dir)), max_connections_(max_connections),
+    : api_(api),
+      upload_dir_(std::move(upload_dir)),
+      max_connections_(max_connections),
       acceptor_(ioc_) {
   auto ep = parse_listen(listen);
   acceptor_.open(ep.protocol());
@@ -166,7 +168,8 @@ void HttpServer::serve(tcp::socket sock) {
         if (too_big || ec == http::error::body_limit) {
           Exchange ex(sock, sp.get().base(), "");
           ex.set_keep_alive(false);
-          ex.reply_error(413, fmt::format("request body is larger than {} bytes", cfg.max_json_body));
+          ex.reply_error(413,
+                         fmt::format("request body is larger than {} bytes", cfg.max_json_body));
           break;
         }
         if (ec) break;

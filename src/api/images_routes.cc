@@ -37,8 +37,9 @@ void Api::images(Exchange& ex) {
   }
   if (s.size() == 2 && s[1] == "import") {
     if (ex.method() != http::verb::post) throw Error(405, "method not allowed");
-    throw Error(501, "registry import is not available yet on this server; use "
-                     "`coppiced image import-rootfs` (see docs/API.md)");
+    throw Error(501,
+                "registry import is not available yet on this server; use "
+                "`coppiced image import-rootfs` (see docs/API.md)");
   }
   if (s.size() == 3 && s[2] == "tag") {
     const std::string& uuid = s[1];

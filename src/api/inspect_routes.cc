@@ -1,7 +1,6 @@
 // GET /v1/inspect/... : read an image's files without a sandbox (contract §2.9).
-#include <unistd.h>
-
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include "api/api.h"
 #include "common/error.h"
@@ -53,7 +52,8 @@ void Api::inspect(Exchange& ex) {
   const std::string& what = s[2];
   if (what == "list") {
     std::string path = required_path(ex);
-    if (ex.query().has("text")) return ex.reply(200, inspect::list_text(view, path), "text/plain; charset=utf-8");
+    if (ex.query().has("text"))
+      return ex.reply(200, inspect::list_text(view, path), "text/plain; charset=utf-8");
     return ex.reply_json(200, inspect::list_json(view, path));
   }
   if (what == "download") {

@@ -10,12 +10,15 @@ namespace coppice::api {
 using json = nlohmann::json;
 
 namespace {
-const char* const kStatuses[] = {"PENDING", "ASSIGNED", "EXECUTING", "SUCCESS", "FAILED",
-                                 "CANCELLED"};
+const char* const kStatuses[] = {"PENDING", "ASSIGNED", "EXECUTING",
+                                 "SUCCESS", "FAILED",   "CANCELLED"};
 
 std::string sse_frame(const store::EventRecord& e) {
-  json j = {{"id", e.id},     {"ts", format_rfc3339(e.ts_us)}, {"spid", e.spid},
-            {"type", e.type}, {"data", e.data}};
+  json j = {{"id", e.id},
+            {"ts", format_rfc3339(e.ts_us)},
+            {"spid", e.spid},
+            {"type", e.type},
+            {"data", e.data}};
   return fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.id, e.type, j.dump());
 }
 
@@ -118,8 +121,8 @@ void Api::events(Exchange& ex, const std::string& op_uuid) {
   auto keepalive = std::chrono::seconds(cfg_.sse_keepalive_s);
   for (;;) {
     bool done_before = live->finished();
-    auto evs = live->events_after(since, spid, follow ? std::chrono::milliseconds(keepalive)
-                                                      : std::chrono::milliseconds(0));
+    auto evs = live->events_after(
+        since, spid, follow ? std::chrono::milliseconds(keepalive) : std::chrono::milliseconds(0));
     std::string buf;
     bool completed = false;
     for (const auto& e : evs) {

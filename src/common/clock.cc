@@ -1,8 +1,8 @@
 #include "common/clock.h"
 
-#include <ctime>
-
 #include <fmt/format.h>
+
+#include <ctime>
 
 #include "common/error.h"
 
@@ -49,8 +49,7 @@ std::optional<int64_t> parse_rfc3339(std::string_view s) {
   int64_t offset_s = 0;
   if (p < s.size()) {
     if (s[p] != 'T' && s[p] != 't' && s[p] != ' ') return std::nullopt;
-    if (!digits(s, p + 1, 2, h) || p + 3 >= s.size() || s[p + 3] != ':' ||
-        !digits(s, p + 4, 2, mi))
+    if (!digits(s, p + 1, 2, h) || p + 3 >= s.size() || s[p + 3] != ':' || !digits(s, p + 4, 2, mi))
       return std::nullopt;
     p += 6;
     if (p < s.size() && s[p] == ':') {
@@ -113,12 +112,23 @@ int64_t parse_time_filter(std::string_view s, int64_t now) {
   if (i < s.size()) {
     if (i + 1 != s.size()) throw bad_request(fmt::format("invalid time filter: {}", s));
     switch (s[i]) {
-      case 's': unit = 1; break;
-      case 'm': unit = 60; break;
-      case 'h': unit = 3600; break;
-      case 'd': unit = 86400; break;
-      case 'w': unit = 7 * 86400; break;
-      default: throw bad_request(fmt::format("invalid time filter unit in {}", s));
+      case 's':
+        unit = 1;
+        break;
+      case 'm':
+        unit = 60;
+        break;
+      case 'h':
+        unit = 3600;
+        break;
+      case 'd':
+        unit = 86400;
+        break;
+      case 'w':
+        unit = 7 * 86400;
+        break;
+      default:
+        throw bad_request(fmt::format("invalid time filter unit in {}", s));
     }
   }
   return now - n * unit * 1000000;

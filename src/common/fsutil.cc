@@ -7,8 +7,8 @@
 
 #include <memory>
 #include <set>
-#include <vector>
 #include <utility>
+#include <vector>
 
 #include "common/error.h"
 #include "common/fd.h"
@@ -18,7 +18,7 @@ namespace coppice {
 void make_dirs(const fs::path& p, mode_t mode) {
   // Walk the prefixes of the path in place ("/a", "/a/b", ...), creating each missing one.
   std::string s = p.string();
-  for (size_t pos = s.find('/', 1); ; pos = s.find('/', pos + 1)) {
+  for (size_t pos = s.find('/', 1);; pos = s.find('/', pos + 1)) {
     std::string prefix = s.substr(0, pos);
     if (!prefix.empty() && ::mkdir(prefix.c_str(), mode) != 0 && errno != EEXIST)
       throw sys_error("mkdir " + prefix);
@@ -80,7 +80,8 @@ void walk_tree(const fs::path& root, OnEntry on_entry, OnDirExit on_dir_exit) {
     }
     on_entry(cur.get(), name, st);
     if (!S_ISDIR(st.st_mode)) continue;
-    UniqueFd child(::openat(cur.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    UniqueFd child(
+        ::openat(cur.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
     if (!child) throw sys_error("open " + name + " below " + root.string());
     cur = std::move(child);
     stack.push_back(list(cur.get(), name));

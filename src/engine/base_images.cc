@@ -1,10 +1,9 @@
 #include "engine/base_images.h"
 
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/error.h"
@@ -118,8 +117,8 @@ store::ImageRecord bootstrap_debian(store::MetaStore& meta, store::LayerStore& l
                                     const BaseImageOptions& opt) {
   auto dir = layers.tmp_path("debian-" + new_uuid());
   try {
-    run_program({"mmdebstrap", "--variant=minbase", "--mode=root", "--quiet", "bookworm",
-                 dir.string()});
+    run_program(
+        {"mmdebstrap", "--variant=minbase", "--mode=root", "--quiet", "bookworm", dir.string()});
     shift_ownership(dir, opt.uid_shift);
     return register_layer(meta, layers, dir, opt);
   } catch (...) {

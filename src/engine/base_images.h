@@ -12,8 +12,8 @@
 namespace coppice::engine {
 
 struct BaseImageOptions {
-  std::string tag;                                // moved to the new image when set
-  std::string project = store::kPublicProject;    // "" = public base image
+  std::string tag;                              // moved to the new image when set
+  std::string project = store::kPublicProject;  // "" = public base image
   uid_t uid_shift = 100000;
 };
 

@@ -1,12 +1,11 @@
 #include "engine/engine.h"
 
 #include <dirent.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <sys/utsname.h>
 
 #include <set>
-
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "common/clock.h"
 #include "common/error.h"
@@ -106,7 +105,8 @@ class EventObserver final : public sandbox::RunObserver {
       std::string lk = k;
       for (auto& c : lk) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
       bool secret = false;
-      for (const char* s : {"token", "secret", "password", "api_key", "credentials", "authorization"})
+      for (const char* s :
+           {"token", "secret", "password", "api_key", "credentials", "authorization"})
         if (lk.size() >= strlen(s) && lk.compare(lk.size() - strlen(s), strlen(s), s) == 0)
           secret = true;
       env[k] = secret ? "<REDACTED>" : *v;
@@ -197,7 +197,9 @@ Engine::Engine(EngineConfig cfg, store::MetaStore& meta, store::LayerStore& laye
                sandbox::Runtime& runtime)
     : cfg_(std::move(cfg)), meta_(meta), layers_(layers), runtime_(runtime) {}
 
-Engine::~Engine() { shutdown(std::chrono::milliseconds(0)); }
+Engine::~Engine() {
+  shutdown(std::chrono::milliseconds(0));
+}
 
 void Engine::recover() {
   for (auto op : meta_.active_operations()) {
@@ -208,7 +210,10 @@ void Engine::recover() {
     op.error = "the server stopped while the operation was active";
     op.finished_us = now_us();
     op.duration_s = (op.finished_us - op.created_us) / 1e6;
-    store::EventRecord done{static_cast<int64_t>(events.size()), op.finished_us, 0, "completion",
+    store::EventRecord done{static_cast<int64_t>(events.size()),
+                            op.finished_us,
+                            0,
+                            "completion",
                             {{"status", "FAILED"},
                              {"duration_ms", static_cast<int64_t>(op.duration_s * 1000)},
                              {"result_image_uuid", nullptr},
@@ -350,8 +355,7 @@ void Engine::cancel(const std::string& project, const std::string& uuid) {
   {
     std::lock_guard lk(mu_);
     auto it = live_.find(uuid);
-    if (it == live_.end() || it->second->finishing() ||
-        is_terminal(it->second->record().status))
+    if (it == live_.end() || it->second->finishing() || is_terminal(it->second->record().status))
       throw conflict("operation is not cancellable");
     for (auto q = queue_.begin(); q != queue_.end(); ++q) {
       if (q->op->record().uuid == uuid) {
@@ -362,7 +366,9 @@ void Engine::cancel(const std::string& project, const std::string& uuid) {
     }
     if (!queued) it->second->cancel_token().cancel();
   }
-  if (queued) finish(queued, [](OperationRecord& r) { r.status = "CANCELLED"; }, std::nullopt);
+  if (queued)
+    finish(
+        queued, [](OperationRecord& r) { r.status = "CANCELLED"; }, std::nullopt);
   spdlog::info("op={} cancel requested", uuid);
 }
 
@@ -416,8 +422,8 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   spec.run_dir = layers_.run_path(op_uuid);
   spec.argv = req.argv();
   // Environment: defaults, then the image's preserved env, then the request.
-  std::map<std::string, std::string> env{{"PATH", kDefaultPath}, {"HOME", "/root"},
-                                         {"HOSTNAME", req.hostname}};
+  std::map<std::string, std::string> env{
+      {"PATH", kDefaultPath}, {"HOME", "/root"}, {"HOSTNAME", req.hostname}};
   if (req.uid != 0) env["HOME"] = "/";
   if (img->config.contains("env"))
     for (const auto& [k, v] : img->config["env"].items()) env[k] = v.get<std::string>();
@@ -429,8 +435,7 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   }
   for (const auto& [k, v] : env) spec.env.push_back(k + "=" + v);
   spec.cwd = req.cwd;
-  if (spec.cwd.empty())
-    spec.cwd = img->config.value("workdir", std::string("/"));
+  if (spec.cwd.empty()) spec.cwd = img->config.value("workdir", std::string("/"));
   spec.uid = req.uid;
   spec.gid = req.gid;
   spec.hostname = req.hostname;
@@ -505,7 +510,8 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
     } else {
       layer_size = static_cast<int64_t>(tree_size(upper).bytes);
       if (req.max_layer_bytes && layer_size > *req.max_layer_bytes) {
-        op->append(1, "size_cap", {{"limit_bytes", *req.max_layer_bytes}, {"file_size", layer_size}});
+        op->append(1, "size_cap",
+                   {{"limit_bytes", *req.max_layer_bytes}, {"file_size", layer_size}});
         status = "FAILED";
         error = fmt::format("the run's filesystem changes ({} bytes) exceed max_layer_bytes ({})",
                             layer_size, *req.max_layer_bytes);
@@ -593,12 +599,12 @@ void Engine::finish(const std::shared_ptr<LiveOperation>& op,
          {"duration_ms", 0},
          {"resources", event_resources(sandbox::Resources{})}});
   auto completion_data = [&] {
-    return json{{"status", rec.status},
-                {"duration_ms", static_cast<int64_t>(rec.duration_s * 1000)},
-                {"result_image_uuid",
-                 rec.result_image_uuid ? json(*rec.result_image_uuid) : json(nullptr)},
-                {"error", rec.error ? json(*rec.error) : json(nullptr)},
-                {"image_size_bytes", rec.image_size}};
+    return json{
+        {"status", rec.status},
+        {"duration_ms", static_cast<int64_t>(rec.duration_s * 1000)},
+        {"result_image_uuid", rec.result_image_uuid ? json(*rec.result_image_uuid) : json(nullptr)},
+        {"error", rec.error ? json(*rec.error) : json(nullptr)},
+        {"image_size_bytes", rec.image_size}};
   };
   add(0, "completion", completion_data());
   try {

@@ -29,11 +29,11 @@
 namespace coppice::engine {
 
 struct EngineConfig {
-  size_t workers = 16;          // sandboxes running at once
-  size_t max_queue = 10000;     // PENDING operations accepted before 429
-  size_t flatten_depth = 64;    // an image whose lower stack is deeper gets a flat copy
-  size_t max_lowers = 400;      // never mount more lowers than this (overlayfs limit is 500)
-  uid_t uid_shift = 100000;     // host uid of sandbox root
+  size_t workers = 16;        // sandboxes running at once
+  size_t max_queue = 10000;   // PENDING operations accepted before 429
+  size_t flatten_depth = 64;  // an image whose lower stack is deeper gets a flat copy
+  size_t max_lowers = 400;    // never mount more lowers than this (overlayfs limit is 500)
+  uid_t uid_shift = 100000;   // host uid of sandbox root
   SpawnLimits limits;
 };
 

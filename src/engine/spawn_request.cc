@@ -35,8 +35,8 @@ int64_t get_int(const json& body, const char* name, int64_t def, int64_t lo, int
   int64_t n;
   if (v->is_number_integer()) {
     n = v->get<int64_t>();
-  } else if (v->is_number_float() && v->get<double>() == static_cast<double>(
-                                                           static_cast<int64_t>(v->get<double>()))) {
+  } else if (v->is_number_float() &&
+             v->get<double>() == static_cast<double>(static_cast<int64_t>(v->get<double>()))) {
     n = static_cast<int64_t>(v->get<double>());
   } else {
     throw bad_request(fmt::format("`{}` must be an integer", name));
@@ -103,7 +103,8 @@ uint32_t parse_mode(const json& v) {
   } else if (v.is_string()) {
     std::string s = v.get<std::string>();
     if (s.rfind("0o", 0) == 0 || s.rfind("0O", 0) == 0) s = s.substr(2);
-    if (s.empty() || s.size() > 6) throw bad_request(fmt::format("invalid file mode: {}", v.dump()));
+    if (s.empty() || s.size() > 6)
+      throw bad_request(fmt::format("invalid file mode: {}", v.dump()));
     mode = 0;
     for (char c : s) {
       if (c < '0' || c > '7') throw bad_request(fmt::format("invalid file mode: {}", v.dump()));
@@ -137,26 +138,27 @@ json SpawnRequest::to_json() const {
   for (const auto& [k, v] : env) env_j[k] = v ? json(*v) : json(nullptr);
   json files_j = json::object();
   for (const auto& [p, f] : files)
-    files_j[p] = {{"uuid", f.uuid}, {"uid", f.uid}, {"gid", f.gid},
-                  {"mode", fmt::format("{:04o}", f.mode)}};
-  return {{"command", command},
-          {"image", image},
-          {"args", args},
-          {"shell", shell},
-          {"env", env_j},
-          {"preserve_env", preserve_env},
-          {"cwd", cwd},
-          {"uid", uid},
-          {"gid", gid},
-          {"hostname", hostname},
-          {"disposable", disposable},
-          {"timeout", timeout_s},
-          {"truncate_output_at", truncate_output_at},
-          {"stdin", stdin_echo.is_null() ? json{{"value", ""}, {"encoding", "ascii"}, {"close", true}}
-                                         : stdin_echo},
-          {"files", files_j},
-          {"resources_limits", limits_json()},
-          {"networking", {{"enabled", false}}}};
+    files_j[p] = {
+        {"uuid", f.uuid}, {"uid", f.uid}, {"gid", f.gid}, {"mode", fmt::format("{:04o}", f.mode)}};
+  return {
+      {"command", command},
+      {"image", image},
+      {"args", args},
+      {"shell", shell},
+      {"env", env_j},
+      {"preserve_env", preserve_env},
+      {"cwd", cwd},
+      {"uid", uid},
+      {"gid", gid},
+      {"hostname", hostname},
+      {"disposable", disposable},
+      {"timeout", timeout_s},
+      {"truncate_output_at", truncate_output_at},
+      {"stdin", stdin_echo.is_null() ? json{{"value", ""}, {"encoding", "ascii"}, {"close", true}}
+                                     : stdin_echo},
+      {"files", files_j},
+      {"resources_limits", limits_json()},
+      {"networking", {{"enabled", false}}}};
 }
 
 SpawnRequest parse_spawn_request(const json& body, const SpawnLimits& limits) {
@@ -258,7 +260,8 @@ SpawnRequest parse_spawn_request(const json& body, const SpawnLimits& limits) {
   if (const json* n = field(body, "networking")) {
     if (!n->is_object()) throw bad_request("`networking` must be an object");
     if (get_bool(*n, "enabled", false))
-      throw bad_request("networking is not available on this server (sandboxes have loopback only)");
+      throw bad_request(
+          "networking is not available on this server (sandboxes have loopback only)");
   }
   return r;
 }

@@ -1,10 +1,8 @@
 #include "sandbox/mounts.h"
 
-#include <linux/openat2.h>
-#include <sys/syscall.h>
-
 #include <fcntl.h>
 #include <limits.h>
+#include <linux/openat2.h>
 #include <sys/mount.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>

@@ -24,9 +24,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <optional>
 #include <chrono>
 #include <cstring>
+#include <optional>
 
 #include "common/error.h"
 #include "common/fsutil.h"
@@ -279,7 +279,9 @@ struct OutputStream {
 class NamespaceRuntime final : public Runtime {
  public:
   explicit NamespaceRuntime(const NamespaceConfig& cfg)
-      : cfg_(cfg), caps_(docker_default_caps()), cgroups_(cfg.cgroup_name),
+      : cfg_(cfg),
+        caps_(docker_default_caps()),
+        cgroups_(cfg.cgroup_name),
         netns_(cfg.netns_pool) {}
 
   std::string name() const override { return "namespace"; }

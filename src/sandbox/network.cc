@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <net/if.h>
 #include <sched.h>
+#include <spdlog/spdlog.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -10,8 +11,6 @@
 
 #include <cerrno>
 #include <cstdlib>
-
-#include <spdlog/spdlog.h>
 
 #include "common/error.h"
 

@@ -33,10 +33,10 @@ namespace fs = std::filesystem;
 
 // A file placed into the sandbox before the command starts.
 struct FileInjection {
-  std::string path;     // absolute path inside the sandbox; parent dirs are created (0755)
-  fs::path host_blob;   // host file to copy from
-  uint32_t mode = 0644; // permission bits
-  uint32_t uid = 0;     // sandbox uid/gid
+  std::string path;      // absolute path inside the sandbox; parent dirs are created (0755)
+  fs::path host_blob;    // host file to copy from
+  uint32_t mode = 0644;  // permission bits
+  uint32_t uid = 0;      // sandbox uid/gid
   uint32_t gid = 0;
 };
 
@@ -55,7 +55,7 @@ struct RunSpec {
   uint32_t uid = 0;
   uint32_t gid = 0;
   std::string hostname = "sandbox";
-  std::string stdin_data;              // written to the command's stdin, then EOF
+  std::string stdin_data;  // written to the command's stdin, then EOF
   std::vector<FileInjection> files;
   std::chrono::milliseconds timeout{60000};
   uint64_t truncate_output_at = 1 << 20;  // per stream; output beyond is counted, not kept
@@ -80,7 +80,7 @@ struct Resources {
   double elapsed_s = 0;
   int64_t user_time_us = 0;
   int64_t sys_time_us = 0;
-  int64_t max_rss_kb = 0;      // largest single process (ru_maxrss)
+  int64_t max_rss_kb = 0;         // largest single process (ru_maxrss)
   int64_t memory_peak_bytes = 0;  // cgroup peak (includes page cache), 0 if unknown
   int64_t shared_memory = 0;
   int64_t unshared_memory = 0;
@@ -97,13 +97,13 @@ struct Resources {
 };
 
 struct RunResult {
-  int pid = 0;             // pid of the command inside the sandbox
-  int exit_code = -1;      // exit status, or 128+signal when killed (shell convention)
-  int signal = -1;         // terminating signal, -1 when it exited normally
+  int pid = 0;         // pid of the command inside the sandbox
+  int exit_code = -1;  // exit status, or 128+signal when killed (shell convention)
+  int signal = -1;     // terminating signal, -1 when it exited normally
   bool core_dump = false;
-  bool timed_out = false;  // killed because spec.timeout passed
-  bool cancelled = false;  // killed because the cancel token fired
-  bool oom_killed = false; // the memory limit's OOM killer fired
+  bool timed_out = false;     // killed because spec.timeout passed
+  bool cancelled = false;     // killed because the cancel token fired
+  bool oom_killed = false;    // the memory limit's OOM killer fired
   uint64_t stdout_bytes = 0;  // total produced, kept or not
   uint64_t stderr_bytes = 0;
   Resources resources;
@@ -133,7 +133,7 @@ class Runtime {
 };
 
 struct NamespaceConfig {
-  uid_t uid_base = 100000;   // host uid/gid of sandbox root
+  uid_t uid_base = 100000;  // host uid/gid of sandbox root
   uid_t uid_range = 65536;
   uint64_t default_memory_bytes = 1ull << 30;
   uint64_t default_pids = 1024;

@@ -5,16 +5,15 @@
 //   coppiced image bootstrap busybox|debian [--tag T] [--data-dir DIR]
 //   coppiced image import-rootfs DIR|TAR --tag T [--data-dir DIR]
 #include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 
+#include <CLI/CLI.hpp>
 #include <csignal>
 #include <iostream>
 #include <thread>
-
-#include <CLI/CLI.hpp>
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
 
 #include "api/http_server.h"
 #include "common/error.h"
@@ -113,13 +112,16 @@ int main(int argc, char** argv) {
   auto* serve_cmd = app.add_subcommand("serve", "run the HTTP API server");
   add_data_dir(serve_cmd);
   serve_cmd->add_option("--listen", so.listen, "address:port to listen on")->capture_default_str();
-  serve_cmd->add_option("--workers", so.workers, "sandboxes running at once")->capture_default_str();
-  serve_cmd->add_option("--flatten-depth", so.flatten_depth,
-                        "flatten an image's layers once its chain is deeper than this")
+  serve_cmd->add_option("--workers", so.workers, "sandboxes running at once")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--flatten-depth", so.flatten_depth,
+                   "flatten an image's layers once its chain is deeper than this")
       ->capture_default_str();
   serve_cmd->add_flag("--durable", so.durable, "syncfs + fsync every snapshot before recording it");
-  serve_cmd->add_option("--shutdown-grace", so.shutdown_grace_s,
-                        "seconds running operations get to finish on SIGTERM")
+  serve_cmd
+      ->add_option("--shutdown-grace", so.shutdown_grace_s,
+                   "seconds running operations get to finish on SIGTERM")
       ->capture_default_str();
   serve_cmd->add_option("--memory-mb", so.memory_mb, "default memory limit per sandbox")
       ->capture_default_str();

@@ -1,10 +1,9 @@
 #include "store/layer_store.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <fmt/format.h>
 
 #include "common/error.h"
 #include "common/fd.h"
@@ -22,9 +21,10 @@ LayerStore::LayerStore(fs::path root, bool durable) : root_(std::move(root)), du
     ::chmod(root_.c_str(), (st.st_mode & 07777) | 0011);
   for (fs::path p = root_.parent_path(); !p.empty(); p = p.parent_path()) {
     if (::stat(p.c_str(), &st) == 0 && !(st.st_mode & S_IXOTH))
-      throw internal(fmt::format("data dir {}: {} is not searchable by other users (chmod o+x "
-                                 "it, or choose another --data-dir)",
-                                 root_.string(), p.string()));
+      throw internal(
+          fmt::format("data dir {}: {} is not searchable by other users (chmod o+x "
+                      "it, or choose another --data-dir)",
+                      root_.string(), p.string()));
     if (p == p.parent_path()) break;
   }
   for (const char* sub : {"layers", "runs", "files", "tmp"}) make_dirs(root_ / sub, 0711);

@@ -2,11 +2,10 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace coppice::store {
 
@@ -17,15 +16,15 @@ inline constexpr const char* kPublicProject = "";
 struct ImageRecord {
   std::string uuid;
   std::string project;
-  std::optional<std::string> parent_uuid;     // null for base images
-  std::string layer_id;                       // this image's own layer (a dir in layers/)
-  std::vector<std::string> layers;            // full lower stack, top first (own layer first)
-  int64_t depth = 0;                          // logical chain depth (base = 0)
+  std::optional<std::string> parent_uuid;  // null for base images
+  std::string layer_id;                    // this image's own layer (a dir in layers/)
+  std::vector<std::string> layers;         // full lower stack, top first (own layer first)
+  int64_t depth = 0;                       // logical chain depth (base = 0)
   std::optional<std::string> tag;
   std::optional<std::string> operation_uuid;  // the operation that produced it
   int64_t created_us = 0;
-  int64_t size_bytes = 0;                     // size of its own layer
-  std::optional<std::string> flat_layer_id;   // cached merged view of `layers`, if built
+  int64_t size_bytes = 0;                            // size of its own layer
+  std::optional<std::string> flat_layer_id;          // cached merged view of `layers`, if built
   nlohmann::json config = nlohmann::json::object();  // {"env":{...}} kept by preserve_env
 };
 

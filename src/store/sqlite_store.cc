@@ -1,9 +1,8 @@
 // SQLite implementation of MetaStore.
+#include <fmt/format.h>
 #include <sqlite3.h>
 
 #include <mutex>
-
-#include <fmt/format.h>
 
 #include "common/clock.h"
 #include "common/error.h"
@@ -226,8 +225,8 @@ class SqliteStore final : public MetaStore {
 
   std::vector<ImageRecord> list_images(const std::string& project, const ImageFilter& f) override {
     std::lock_guard lk(mu_);
-    std::string sql = fmt::format("SELECT {} FROM images WHERE (project=?1 OR project='')",
-                                  kImageCols);
+    std::string sql =
+        fmt::format("SELECT {} FROM images WHERE (project=?1 OR project='')", kImageCols);
     if (f.tagged_only) sql += " AND tag IS NOT NULL";
     if (f.tag_prefix) sql += " AND substr(tag, 1, length(?2)) = ?2";
     if (f.uuid) sql += " AND uuid=?3";
@@ -373,11 +372,13 @@ class SqliteStore final : public MetaStore {
     int64_t now = now_us();
     Stmt up(db_,
             "INSERT INTO files (uuid, project, sha256, size, created_us, updated_us) "
-            "VALUES (?,?,?,?,?,?) ON CONFLICT(project, sha256) DO UPDATE SET updated_us=excluded.updated_us");
+            "VALUES (?,?,?,?,?,?) ON CONFLICT(project, sha256) DO UPDATE SET "
+            "updated_us=excluded.updated_us");
     up.bind(1, new_uuid()).bind(2, project).bind(3, sha256).bind(4, size).bind(5, now).bind(6, now);
     up.run();
-    Stmt s(db_, "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
-                "WHERE project=? AND sha256=?");
+    Stmt s(db_,
+           "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
+           "WHERE project=? AND sha256=?");
     s.bind(1, project).bind(2, sha256);
     if (!s.step()) throw internal("file record vanished after insert");
     return read_file_rec(s);
@@ -386,8 +387,9 @@ class SqliteStore final : public MetaStore {
   std::optional<FileRecord> get_file_by_sha(const std::string& project,
                                             const std::string& sha256) override {
     std::lock_guard lk(mu_);
-    Stmt s(db_, "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
-                "WHERE project=? AND sha256=?");
+    Stmt s(db_,
+           "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
+           "WHERE project=? AND sha256=?");
     s.bind(1, project).bind(2, sha256);
     if (!s.step()) return std::nullopt;
     return read_file_rec(s);
@@ -396,8 +398,9 @@ class SqliteStore final : public MetaStore {
   std::optional<FileRecord> get_file_by_uuid(const std::string& project,
                                              const std::string& uuid) override {
     std::lock_guard lk(mu_);
-    Stmt s(db_, "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
-                "WHERE project=? AND uuid=?");
+    Stmt s(db_,
+           "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
+           "WHERE project=? AND uuid=?");
     s.bind(1, project).bind(2, uuid);
     if (!s.step()) return std::nullopt;
     return read_file_rec(s);
@@ -405,8 +408,9 @@ class SqliteStore final : public MetaStore {
 
   std::vector<FileRecord> list_files(const std::string& project, const Page& p) override {
     std::lock_guard lk(mu_);
-    std::string sql = "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
-                      "WHERE project=?1";
+    std::string sql =
+        "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
+        "WHERE project=?1";
     if (p.since_us) sql += " AND created_us >= ?2";
     if (p.until_us) sql += " AND created_us <= ?3";
     sql += " ORDER BY created_us DESC, uuid LIMIT ?4 OFFSET ?5";
@@ -469,8 +473,8 @@ class SqliteStore final : public MetaStore {
     int64_t version = v.i64(0);
     constexpr int64_t n = sizeof(kMigrations) / sizeof(kMigrations[0]);
     if (version > n)
-      throw internal(fmt::format("database schema version {} is newer than this server ({})",
-                                 version, n));
+      throw internal(
+          fmt::format("database schema version {} is newer than this server ({})", version, n));
     for (int64_t i = version; i < n; ++i) {
       exec("BEGIN IMMEDIATE");
       try {

@@ -1,12 +1,12 @@
-#include <gtest/gtest.h>
+#include "common/fsutil.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/fd.h"
-#include "common/fsutil.h"
 #include "common/ids.h"
 
 namespace coppice {

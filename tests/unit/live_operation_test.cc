@@ -1,8 +1,8 @@
+#include "engine/live_operation.h"
+
 #include <gtest/gtest.h>
 
 #include <thread>
-
-#include "engine/live_operation.h"
 
 namespace coppice::engine {
 namespace {

@@ -1,9 +1,10 @@
+#include "engine/spawn_request.h"
+
 #include <gtest/gtest.h>
 
 #include "api/exchange.h"
 #include "api/gzip.h"
 #include "common/error.h"
-#include "engine/spawn_request.h"
 
 namespace coppice::engine {
 namespace {
@@ -23,10 +24,15 @@ TEST(SpawnRequest, DefaultsAndEcho) {
 }
 
 TEST(SpawnRequest, NullIsAbsent) {
-  auto r = parse_spawn_request(
-      {{"command", "ls"}, {"image", "u"}, {"env", nullptr}, {"args", nullptr}, {"cwd", nullptr},
-       {"timeout", nullptr}, {"stdin", nullptr}, {"files", nullptr}},
-      {});
+  auto r = parse_spawn_request({{"command", "ls"},
+                                {"image", "u"},
+                                {"env", nullptr},
+                                {"args", nullptr},
+                                {"cwd", nullptr},
+                                {"timeout", nullptr},
+                                {"stdin", nullptr},
+                                {"files", nullptr}},
+                               {});
   EXPECT_TRUE(r.env.empty());
   EXPECT_EQ(r.timeout_s, 300);
 }
@@ -62,20 +68,22 @@ TEST(SpawnRequest, RejectsBadInput) {
   EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"env", {{"A=B", "1"}}}}), 400);
   EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"files", {{"/f", {{"mode", "0644"}}}}}}), 400);
   EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"files", {{"/", {{"uuid", "u"}}}}}}), 400);
-  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"},
-                 {"files", {{"/proc/self/fd/4", {{"uuid", "u"}}}}}}),
-            400);
+  EXPECT_EQ(
+      bad({{"command", "x"}, {"image", "x"}, {"files", {{"/proc/self/fd/4", {{"uuid", "u"}}}}}}),
+      400);
   EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"shell", true}, {"args", {"a"}}}), 400);
   EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"networking", {{"enabled", true}}}}), 400);
-  EXPECT_EQ(bad({{"command", "x"}, {"image", "x"}, {"stdin", {{"value", "!!"}, {"encoding", "base64"}}}}),
-            400);
+  EXPECT_EQ(
+      bad({{"command", "x"}, {"image", "x"}, {"stdin", {{"value", "!!"}, {"encoding", "base64"}}}}),
+      400);
 }
 
 TEST(SpawnRequest, StdinBase64AndPathNormalization) {
-  auto r = parse_spawn_request(
-      {{"command", "cat"}, {"image", "x"}, {"stdin", {{"value", "aGkK"}, {"encoding", "base64"}}},
-       {"files", {{"//opt///a", {{"uuid", "u"}, {"mode", "0o700"}}}}}},
-      {});
+  auto r = parse_spawn_request({{"command", "cat"},
+                                {"image", "x"},
+                                {"stdin", {{"value", "aGkK"}, {"encoding", "base64"}}},
+                                {"files", {{"//opt///a", {{"uuid", "u"}, {"mode", "0o700"}}}}}},
+                               {});
   EXPECT_EQ(r.stdin_data, "hi\n");
   ASSERT_EQ(r.files.count("/opt/a"), 1u);
   EXPECT_EQ(r.files["/opt/a"].mode, 0700u);
