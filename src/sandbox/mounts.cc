@@ -106,6 +106,30 @@ int mount_overlay(const MountPlan& plan, ChildMsg& err) noexcept {
   return 0;
 }
 
+// Child: hides what Docker hides in /proc (host-wide kernel data) and makes the kernel tunables
+// read-only, as defence in depth (sandboxed root already lacks the capabilities to use them).
+// Paths the kernel does not have are skipped.
+int mask_proc(ChildMsg& err) noexcept {
+  for (const char* f : {"proc/kcore", "proc/keys", "proc/latency_stats", "proc/timer_list",
+                        "proc/timer_stats", "proc/sched_debug"}) {
+    if (::access(f, F_OK) != 0) continue;
+    if (::mount("/dev/null", f, nullptr, MS_BIND, nullptr) != 0) return fail(err, "mask", f, errno);
+  }
+  for (const char* d : {"proc/acpi", "proc/asound", "proc/scsi"}) {
+    if (::access(d, F_OK) != 0) continue;
+    if (::mount("tmpfs", d, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0") != 0)
+      return fail(err, "mask", d, errno);
+  }
+  for (const char* r : {"proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger"}) {
+    if (::access(r, F_OK) != 0) continue;
+    if (::mount(r, r, nullptr, MS_BIND | MS_REC, nullptr) != 0 ||
+        ::mount(nullptr, r, nullptr,
+                MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
+      return fail(err, "make read-only", r, errno);
+  }
+  return 0;
+}
+
 int mount_pseudo_filesystems(int* created, int status_fd, ChildMsg& err) noexcept {
   bool made_proc = false, made_dev = false;
   int rc = ensure_dir("proc", 0555, &made_proc, err);
@@ -118,6 +142,7 @@ int mount_pseudo_filesystems(int* created, int status_fd, ChildMsg& err) noexcep
 
   if (::mount("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
     return fail(err, "mount proc on /proc", nullptr, errno);
+  if (mask_proc(err) != 0) return -1;
   if (::mount("tmpfs", "dev", "tmpfs", MS_NOSUID | MS_NOEXEC | MS_STRICTATIME,
               "mode=755,size=65536k") != 0)
     return fail(err, "mount tmpfs on /dev", nullptr, errno);

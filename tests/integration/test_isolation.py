@@ -133,3 +133,9 @@ def test_file_injection_refuses_magic_links(client, busybox):
     assert op["status"] == "FAILED" and "injection" in op["error"]
     assert client.post("/v1/instances", {"image": img, "command": "true", "files": {
         "/proc/self/fd/4": {"uuid": f["uuid"]}}}).status == 400
+
+
+def test_proc_is_masked_like_docker(client, busybox):
+    out = run_out(client, busybox, "wc -c < /proc/timer_list; touch /proc/sys/kernel/hostname "
+                                   "2>/dev/null; echo rc=$?; cat /proc/sys/kernel/hostname")
+    assert out.splitlines() == ["0", "rc=1", "coppice"]
