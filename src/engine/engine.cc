@@ -89,6 +89,35 @@ bool dir_is_empty(const std::filesystem::path& p) {
   return empty;
 }
 
+json completion_json(const OperationRecord& rec) {
+  return {
+      {"status", rec.status},
+      {"duration_ms", static_cast<int64_t>(rec.duration_s * 1000)},
+      {"result_image_uuid", rec.result_image_uuid ? json(*rec.result_image_uuid) : json(nullptr)},
+      {"error", rec.error ? json(*rec.error) : json(nullptr)},
+      {"image_size_bytes", rec.image_size}};
+}
+
+// Ends an operation's event log as clients require (contract §3.3): an instance gets a spid-1
+// exit when its process never reached one (runs that never started), then the completion.
+void close_event_log(const OperationRecord& rec, std::vector<store::EventRecord>& events) {
+  bool has_exit = false;
+  for (const auto& e : events) has_exit = has_exit || (e.type == "exit" && e.spid == 1);
+  auto add = [&](int spid, const char* type, json data) {
+    events.push_back(store::EventRecord{static_cast<int64_t>(events.size()), rec.finished_us, spid,
+                                        type, std::move(data)});
+  };
+  if (rec.kind == "instance" && !has_exit)
+    add(1, "exit",
+        {{"pid", 0},
+         {"code", -1},
+         {"signal", -1},
+         {"timed_out", false},
+         {"duration_ms", 0},
+         {"resources", event_resources(sandbox::Resources{})}});
+  add(0, "completion", completion_json(rec));
+}
+
 // Chunks of output beyond this size are split into several stdout/stderr events.
 constexpr size_t kMaxEventChunk = 64 * 1024;
 
@@ -210,15 +239,7 @@ void Engine::recover() {
     op.error = "the server stopped while the operation was active";
     op.finished_us = now_us();
     op.duration_s = (op.finished_us - op.created_us) / 1e6;
-    store::EventRecord done{static_cast<int64_t>(events.size()),
-                            op.finished_us,
-                            0,
-                            "completion",
-                            {{"status", "FAILED"},
-                             {"duration_ms", static_cast<int64_t>(op.duration_s * 1000)},
-                             {"result_image_uuid", nullptr},
-                             {"error", *op.error}}};
-    events.push_back(done);
+    close_event_log(op, events);
     meta_.finish_operation(op, events, std::nullopt);
   }
   auto refs = meta_.referenced_layers();
@@ -582,31 +603,7 @@ void Engine::finish(const std::shared_ptr<LiveOperation>& op,
   rec.duration_s = (rec.finished_us - rec.created_us) / 1e6;
   std::vector<store::EventRecord> events = op->events();
   const size_t first_new = events.size();
-  auto add = [&](int spid, const char* type, json data) {
-    events.push_back(store::EventRecord{static_cast<int64_t>(events.size()), rec.finished_us, spid,
-                                        type, std::move(data)});
-  };
-  // Clients require an exit event of the main process before the completion of an instance
-  // (contract §3.3); runs that never started get a synthetic one.
-  bool has_exit = false;
-  for (const auto& e : events) has_exit = has_exit || (e.type == "exit" && e.spid == 1);
-  if (rec.kind == "instance" && !has_exit)
-    add(1, "exit",
-        {{"pid", 0},
-         {"code", -1},
-         {"signal", -1},
-         {"timed_out", false},
-         {"duration_ms", 0},
-         {"resources", event_resources(sandbox::Resources{})}});
-  auto completion_data = [&] {
-    return json{
-        {"status", rec.status},
-        {"duration_ms", static_cast<int64_t>(rec.duration_s * 1000)},
-        {"result_image_uuid", rec.result_image_uuid ? json(*rec.result_image_uuid) : json(nullptr)},
-        {"error", rec.error ? json(*rec.error) : json(nullptr)},
-        {"image_size_bytes", rec.image_size}};
-  };
-  add(0, "completion", completion_data());
+  close_event_log(rec, events);
   try {
     meta_.finish_operation(rec, events, new_image);
   } catch (const std::exception& e) {
@@ -616,7 +613,7 @@ void Engine::finish(const std::shared_ptr<LiveOperation>& op,
     rec.status = "FAILED";
     rec.error = std::string("could not record the result: ") + e.what();
     rec.result_image_uuid.reset();
-    events.back().data = completion_data();
+    events.back().data = completion_json(rec);
     try {
       meta_.finish_operation(rec, events, std::nullopt);
     } catch (const std::exception& e2) {

@@ -56,7 +56,9 @@ def test_kill9_mid_run_then_restart(own_server):
     for o in ops:
         op = c.get(f"/v1/operations/{o}").json()
         assert op["status"] == "FAILED" and "server stopped" in op["error"]
-        assert c.events(o)[-1]["type"] == "completion"
+        ev = c.events(o)
+        assert [e["type"] for e in ev][-2:] == ["exit", "completion"]
+        assert [e["id"] for e in ev] == list(range(len(ev)))
     check_consistent(srv, c)
     assert stdout_of(c.run(base, "echo alive")) == "alive\n"
 
