@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <sys/statvfs.h>
 #include <sys/utsname.h>
 
 #include <set>
@@ -430,6 +431,16 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   const std::string op_uuid = op->record().uuid;
   const std::string project = op->record().project;
   op->set_status("ASSIGNED");
+  // A run writes into the data filesystem: refuse to start one when it is nearly full, so that
+  // the database and the other runs keep room to finish.
+  struct statvfs vfs;
+  if (::statvfs(layers_.root().c_str(), &vfs) == 0) {
+    uint64_t free_bytes = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+    if (free_bytes < cfg_.min_free_bytes)
+      throw Error(507, fmt::format("not enough free space in the data directory ({} MiB free, "
+                                   "{} MiB needed to start a run)",
+                                   free_bytes >> 20, cfg_.min_free_bytes >> 20));
+  }
   auto img = meta_.get_image(req.image);
   if (!img) throw not_found(fmt::format("image {} vanished", req.image));
 

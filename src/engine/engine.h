@@ -34,6 +34,7 @@ struct EngineConfig {
   size_t flatten_depth = 64;  // an image whose lower stack is deeper gets a flat copy
   size_t max_lowers = 400;    // never mount more lowers than this (overlayfs limit is 500)
   uid_t uid_shift = 100000;   // host uid of sandbox root
+  uint64_t min_free_bytes = 512ull << 20;  // runs are refused below this much free data space
   SpawnLimits limits;
 };
 

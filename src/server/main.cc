@@ -38,6 +38,7 @@ struct ServeOptions {
   bool durable = false;
   int shutdown_grace_s = 30;
   uint64_t memory_mb = 1024;
+  uint64_t min_free_mb = 512;
   uint64_t pids = 1024;
   int64_t max_timeout_s = 3600;
   std::string log_level = "info";
@@ -73,6 +74,7 @@ int serve(const Paths& paths, const ServeOptions& o) {
   ec.flatten_depth = o.flatten_depth;
   ec.uid_shift = ns.uid_base;
   ec.limits.max_timeout_s = o.max_timeout_s;
+  ec.min_free_bytes = o.min_free_mb << 20;
   engine::Engine engine(ec, *meta, layers, *runtime);
   engine.recover();
   engine.start();
@@ -124,6 +126,10 @@ int main(int argc, char** argv) {
                    "seconds running operations get to finish on SIGTERM")
       ->capture_default_str();
   serve_cmd->add_option("--memory-mb", so.memory_mb, "default memory limit per sandbox")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--min-free-mb", so.min_free_mb,
+                   "refuse to start runs when the data filesystem has less free space")
       ->capture_default_str();
   serve_cmd->add_option("--pids", so.pids, "default pids limit per sandbox")->capture_default_str();
   serve_cmd->add_option("--max-timeout", so.max_timeout_s, "largest timeout a run may ask for (s)")

@@ -97,3 +97,20 @@ def test_sigterm_is_graceful(own_server):
     c = Client(srv.url, srv.token)
     final = c.get(f"/v1/operations/{op}").json()
     assert final["status"] == "SUCCESS" and final["result_image_uuid"]
+
+
+def test_runs_refused_when_the_data_disk_is_nearly_full(coppiced_bin):
+    data = pathlib.Path(tempfile.mkdtemp(prefix="coppice-full-", dir="/var/tmp"))
+    admin(data, "image", "bootstrap", "busybox")
+    # ask for more free space than any test machine has
+    srv = Server(coppiced_bin, data, extra_args=["--min-free-mb", str(1 << 40)])
+    token = admin(data, "token", "create", "--project", "p")
+    srv.start()
+    try:
+        c = Client(srv.url, token)
+        base = c.get("/v1/images").json()["images"][0]["uuid"]
+        op = c.run(base, "echo hi > /x")
+        assert op["status"] == "FAILED" and "free space" in op["error"]
+    finally:
+        srv.stop()
+        shutil.rmtree(data, ignore_errors=True)
