@@ -324,8 +324,9 @@ OperationRecord Engine::spawn(const std::string& project, const json& body) {
   SpawnRequest req = parse_spawn_request(body, cfg_.limits);
   ImageRecord img = resolve_image(project, req.image);
   for (auto& [path, f] : req.files) {
-    if (!meta_.get_file_by_uuid(project, f.uuid))
-      throw not_found(fmt::format("file {} (for {}) not found", f.uuid, path));
+    auto rec = meta_.get_file_by_uuid(project, f.uuid);
+    if (!rec) throw not_found(fmt::format("file {} (for {}) not found", f.uuid, path));
+    f.sha256 = rec->sha256;
   }
   OperationRecord rec;
   rec.uuid = new_uuid();
@@ -477,11 +478,8 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   spec.limits.memory_bytes = static_cast<uint64_t>(req.memory_bytes);
   spec.limits.pids = static_cast<uint64_t>(req.pids);
   spec.limits.cpus = req.cpus;
-  for (const auto& [path, f] : req.files) {
-    auto rec = meta_.get_file_by_uuid(project, f.uuid);
-    if (!rec) throw not_found(fmt::format("file {} not found", f.uuid));
-    spec.files.push_back({path, layers_.file_path(rec->sha256), f.mode, f.uid, f.gid});
-  }
+  for (const auto& [path, f] : req.files)
+    spec.files.push_back({path, layers_.file_path(f.sha256), f.mode, f.uid, f.gid});
 
   struct utsname un {};
   ::uname(&un);

@@ -12,6 +12,7 @@ namespace coppice::engine {
 
 struct FileSpec {
   std::string uuid;
+  std::string sha256;  // content address, filled in by Engine::spawn when it checks the file
   uint32_t uid = 0;
   uint32_t gid = 0;
   uint32_t mode = 0644;

@@ -188,6 +188,8 @@ OperationRecord read_op(const Stmt& s) {
   return r;
 }
 
+constexpr const char* kFileCols = "uuid, project, sha256, size, created_us, updated_us";
+
 FileRecord read_file_rec(const Stmt& s) {
   return FileRecord{s.text(0), s.text(1), s.text(2), s.i64(3), s.i64(4), s.i64(5)};
 }
@@ -376,41 +378,26 @@ class SqliteStore final : public MetaStore {
             "updated_us=excluded.updated_us");
     up.bind(1, new_uuid()).bind(2, project).bind(3, sha256).bind(4, size).bind(5, now).bind(6, now);
     up.run();
-    Stmt s(db_,
-           "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
-           "WHERE project=? AND sha256=?");
-    s.bind(1, project).bind(2, sha256);
-    if (!s.step()) throw internal("file record vanished after insert");
-    return read_file_rec(s);
+    auto rec = find_file_locked("sha256", project, sha256);
+    if (!rec) throw internal("file record vanished after insert");
+    return *rec;
   }
 
   std::optional<FileRecord> get_file_by_sha(const std::string& project,
                                             const std::string& sha256) override {
     std::lock_guard lk(mu_);
-    Stmt s(db_,
-           "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
-           "WHERE project=? AND sha256=?");
-    s.bind(1, project).bind(2, sha256);
-    if (!s.step()) return std::nullopt;
-    return read_file_rec(s);
+    return find_file_locked("sha256", project, sha256);
   }
 
   std::optional<FileRecord> get_file_by_uuid(const std::string& project,
                                              const std::string& uuid) override {
     std::lock_guard lk(mu_);
-    Stmt s(db_,
-           "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
-           "WHERE project=? AND uuid=?");
-    s.bind(1, project).bind(2, uuid);
-    if (!s.step()) return std::nullopt;
-    return read_file_rec(s);
+    return find_file_locked("uuid", project, uuid);
   }
 
   std::vector<FileRecord> list_files(const std::string& project, const Page& p) override {
     std::lock_guard lk(mu_);
-    std::string sql =
-        "SELECT uuid, project, sha256, size, created_us, updated_us FROM files "
-        "WHERE project=?1";
+    std::string sql = fmt::format("SELECT {} FROM files WHERE project=?1", kFileCols);
     if (p.since_us) sql += " AND created_us >= ?2";
     if (p.until_us) sql += " AND created_us <= ?3";
     sql += " ORDER BY created_us DESC, uuid LIMIT ?4 OFFSET ?5";
@@ -486,6 +473,16 @@ class SqliteStore final : public MetaStore {
         throw;
       }
     }
+  }
+
+  // `column` is "uuid" or "sha256" (never user input).
+  std::optional<FileRecord> find_file_locked(const char* column, const std::string& project,
+                                             const std::string& key) {
+    Stmt s(db_,
+           fmt::format("SELECT {} FROM files WHERE project=? AND {}=?", kFileCols, column).c_str());
+    s.bind(1, project).bind(2, key);
+    if (!s.step()) return std::nullopt;
+    return read_file_rec(s);
   }
 
   void insert_image_locked(const ImageRecord& img) {
