@@ -10,7 +10,8 @@ DEB_PACKAGES := build-essential cmake ninja-build pkg-config git \
   libboost-dev nlohmann-json3-dev libsqlite3-dev libssl-dev zlib1g-dev libzstd-dev \
   libseccomp-dev libarchive-dev libre2-dev libspdlog-dev libfmt-dev libcli11-dev \
   libcurl4-openssl-dev libgtest-dev libgmock-dev libbenchmark-dev clang-format \
-  busybox-static python3 python3-pytest curl mmdebstrap
+  busybox-static python3 python3-pytest curl mmdebstrap \
+  docker-registry umoci skopeo apache2-utils
 
 .PHONY: deps build run test unit integration asan bench format clean
 

@@ -4,21 +4,12 @@
 #include "api/api.h"
 #include "common/error.h"
 #include "common/ids.h"
+#include "engine/import_request.h"
 
 namespace coppice::api {
 
 using json = nlohmann::json;
 
-namespace {
-void validate_tag(const std::string& tag) {
-  if (tag.empty()) throw bad_request("tag is required");
-  if (tag.size() > 255) throw bad_request("tag is longer than 255 characters");
-  for (char c : tag)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' ||
-          c == '/' || c == ':' || c == '@'))
-      throw bad_request(fmt::format("invalid character {} in tag", json(std::string(1, c)).dump()));
-}
-}  // namespace
 
 void Api::images(Exchange& ex) {
   const auto& s = ex.segments();
@@ -37,9 +28,9 @@ void Api::images(Exchange& ex) {
   }
   if (s.size() == 2 && s[1] == "import") {
     if (ex.method() != http::verb::post) throw Error(405, "method not allowed");
-    throw Error(501,
-                "registry import is not available yet on this server; use "
-                "`coppiced image import-rootfs` (see docs/API.md)");
+    auto op = engine_.import_image(ex.project, ex.json_body());
+    return ex.reply_json(201, {{"uuid", op.uuid}, {"status", op.status}},
+                         {{"Location", "/v1/operations/" + op.uuid}});
   }
   if (s.size() == 3 && s[2] == "tag") {
     const std::string& uuid = s[1];
@@ -52,7 +43,7 @@ void Api::images(Exchange& ex) {
       if (!body.is_object() || !body.contains("tag") || !body["tag"].is_string())
         throw bad_request("tag is required");
       std::string tag = body["tag"].get<std::string>();
-      validate_tag(tag);
+      engine::validate_tag(tag);
       meta.set_tag(ex.project, uuid, tag);
       return ex.reply_json(200, image_json(*meta.get_image(uuid)));
     }

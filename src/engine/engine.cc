@@ -8,7 +8,9 @@
 
 #include <set>
 
+#include "common/base64.h"
 #include "common/clock.h"
+#include "oci/importer.h"
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/ids.h"
@@ -26,29 +28,6 @@ constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/
 
 bool is_terminal(const std::string& s) {
   return s == "SUCCESS" || s == "FAILED" || s == "CANCELLED";
-}
-
-std::string base64(std::string_view in) {
-  static constexpr char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
-    out += tbl[v >> 18];
-    out += tbl[(v >> 12) & 63];
-    out += tbl[(v >> 6) & 63];
-    out += tbl[v & 63];
-  }
-  if (i < in.size()) {
-    uint32_t v = uint8_t(in[i]) << 16;
-    if (i + 1 < in.size()) v |= uint8_t(in[i + 1]) << 8;
-    out += tbl[v >> 18];
-    out += tbl[(v >> 12) & 63];
-    out += i + 1 < in.size() ? tbl[(v >> 6) & 63] : '=';
-    out += '=';
-  }
-  return out;
 }
 
 bool printable(std::string_view s) {
@@ -161,7 +140,7 @@ class EventObserver final : public sandbox::RunObserver {
       std::string_view part = chunk.substr(off, kMaxEventChunk);
       bool ascii = printable(part);
       op_.append(1, s == sandbox::Stream::kStdout ? "stdout" : "stderr",
-                 {{"value", ascii ? std::string(part) : base64(part)},
+                 {{"value", ascii ? std::string(part) : base64_encode(part)},
                   {"encoding", ascii ? "ascii" : "base64"}});
     }
   }
@@ -180,7 +159,7 @@ class EventObserver final : public sandbox::RunObserver {
 
 json stream_repr(const std::string& bytes, bool truncated) {
   bool ascii = printable(bytes);
-  return {{"value", ascii ? bytes : base64(bytes)},
+  return {{"value", ascii ? bytes : base64_encode(bytes)},
           {"encoding", ascii ? "ascii" : "base64"},
           {"truncated", truncated}};
 }
@@ -337,20 +316,131 @@ OperationRecord Engine::spawn(const std::string& project, const json& body) {
   rec.image_uuid = img.uuid;
   rec.metadata = req.to_json();
   rec.metadata["result"] = empty_instance_result();
-  auto op = std::make_shared<LiveOperation>(rec);
+  req.image = img.uuid;
+  enqueue(rec, Job{nullptr, std::move(req), nullptr});
+  spdlog::info("op={} queued instance on image {}", rec.uuid, img.uuid);
+  return rec;
+}
+
+void Engine::enqueue(const OperationRecord& rec, Job job) {
+  job.op = std::make_shared<LiveOperation>(rec);
   {
     std::lock_guard lk(mu_);
     if (stopping_) throw Error(503, "the server is shutting down");
     if (queue_.size() >= cfg_.max_queue)
       throw Error(429, fmt::format("too many queued operations ({})", queue_.size()));
     meta_.insert_operation(rec);
-    live_[rec.uuid] = op;
-    req.image = img.uuid;
-    queue_.push_back(Job{op, std::move(req)});
+    live_[rec.uuid] = job.op;
+    queue_.push_back(std::move(job));
   }
   cv_.notify_one();
-  spdlog::info("op={} queued instance on image {}", rec.uuid, img.uuid);
+}
+
+OperationRecord Engine::import_image(const std::string& project, const json& body) {
+  ImportRequest req = parse_import_request(body, cfg_.max_import_timeout_s);
+  if (req.archive_file && !meta_.get_file_by_uuid(project, *req.archive_file))
+    throw not_found(fmt::format("file {} not found", *req.archive_file));
+  OperationRecord rec;
+  rec.uuid = new_uuid();
+  rec.project = project;
+  rec.kind = "image_import";
+  rec.status = "PENDING";
+  rec.created_us = now_us();
+  rec.metadata = req.to_json();
+  rec.metadata["result"] = {{"image", nullptr}, {"tag", nullptr}};
+  enqueue(rec, Job{nullptr, {}, [this, req](const std::shared_ptr<LiveOperation>& op) {
+                     run_import(op, req);
+                   }});
+  spdlog::info("op={} queued import of {}", rec.uuid,
+               req.ref ? req.ref->str() : "file " + *req.archive_file);
   return rec;
+}
+
+void Engine::finish_failed_transfer(const std::shared_ptr<LiveOperation>& op, const Error& e,
+                                    bool timed_out, int64_t timeout_s) {
+  std::string status = "FAILED", error = e.what();
+  if (e.status() == 499) {
+    if (timed_out)
+      error = fmt::format("timed out after {} s", timeout_s);
+    else
+      status = "CANCELLED";
+  }
+  spdlog::warn("op={} {}: {}", op->record().uuid, status, error);
+  finish(
+      op,
+      [&](OperationRecord& r) {
+        r.status = status;
+        if (status == "FAILED") r.error = error;
+      },
+      std::nullopt);
+}
+
+void Engine::run_import(const std::shared_ptr<LiveOperation>& op, const ImportRequest& req) {
+  const OperationRecord rec0 = op->record();
+  op->set_status("EXECUTING");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(req.timeout_s);
+  std::atomic<bool> timed_out{false};
+  oci::AbortCheck abort = [&] {
+    if (std::chrono::steady_clock::now() > deadline) timed_out = true;
+    return timed_out.load() || op->cancel_token().cancelled();
+  };
+  oci::ImportOptions opt;
+  opt.project = rec0.project;
+  opt.tag = req.tag;
+  opt.platform = req.platform;
+  opt.uid_shift = cfg_.uid_shift;
+  opt.min_free_bytes = cfg_.min_free_bytes;
+  auto progress = [&](const oci::ImportProgress& p) {
+    op->append(0, "progress",
+               {{"layers_done", p.layers_done},
+                {"layers_total", p.layers_total},
+                {"layers_reused", p.layers_reused},
+                {"bytes_done", p.bytes_done},
+                {"bytes_total", p.bytes_total},
+                {"bytes_fetched", p.bytes_fetched}});
+  };
+  std::filesystem::path scratch;
+  auto cleanup = [&] {
+    if (!scratch.empty()) remove_tree(scratch);
+  };
+  try {
+    std::unique_ptr<oci::ImageSource> src;
+    if (req.ref) {
+      src = oci::registry_source(*req.ref, req.credentials, cfg_.registry, abort);
+      opt.source_name = req.ref->str();
+    } else {
+      auto f = meta_.get_file_by_uuid(rec0.project, *req.archive_file);
+      if (!f) throw not_found(fmt::format("file {} not found", *req.archive_file));
+      scratch = layers_.tmp_path("archive-" + rec0.uuid);
+      make_dirs(scratch, 0700);
+      src = oci::archive_source(layers_.file_path(f->sha256), scratch);
+      opt.source_name = "file " + f->uuid;
+    }
+    auto res = oci::import_image(*src, meta_, layers_, opt, progress, abort);
+    cleanup();
+    finish(
+        op,
+        [&](OperationRecord& r) {
+          r.status = "SUCCESS";
+          r.result_image_uuid = res.image.uuid;
+          r.result_tag = res.image.tag;
+          r.image_size = res.image.size_bytes;
+          r.metadata["result"] = {{"image", res.image.uuid},
+                                  {"tag", res.image.tag ? json(*res.image.tag) : json(nullptr)}};
+          r.metadata["manifest_digest"] = res.manifest_digest;
+          r.metadata["layers"] = res.progress.layers_total;
+          r.metadata["layers_reused"] = res.progress.layers_reused;
+          r.metadata["bytes_fetched"] = res.progress.bytes_fetched;
+          r.metadata["existing_image"] = res.existing;
+        },
+        std::nullopt);
+  } catch (const Error& e) {
+    cleanup();
+    finish_failed_transfer(op, e, timed_out.load(), req.timeout_s);
+  } catch (const std::exception& e) {
+    cleanup();
+    finish_failed_transfer(op, Error(500, e.what()), false, req.timeout_s);
+  }
 }
 
 std::optional<OperationRecord> Engine::operation(const std::string& project,
@@ -407,7 +497,10 @@ void Engine::worker_loop() {
       running_++;
     }
     try {
-      execute(job.op, job.req);
+      if (job.task)
+        job.task(job.op);
+      else
+        execute(job.op, job.req);
     } catch (const std::exception& e) {
       spdlog::error("op={} failed: {}", job.op->record().uuid, e.what());
       std::string what = e.what();

@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "common/error.h"
+#include "engine/import_request.h"
 #include "engine/live_operation.h"
 #include "engine/spawn_request.h"
 #include "sandbox/runtime.h"
@@ -36,6 +38,8 @@ struct EngineConfig {
   uid_t uid_shift = 100000;   // host uid of sandbox root
   uint64_t min_free_bytes = 512ull << 20;  // runs are refused below this much free data space
   SpawnLimits limits;
+  oci::RegistryConfig registry;          // insecure registries, mirrors, retries
+  int64_t max_import_timeout_s = 3600;   // cap on an import's or push's `timeout`
 };
 
 class Engine {
@@ -56,6 +60,13 @@ class Engine {
 
   // Validates and queues a spawn; returns the new operation (PENDING). Throws 4xx Errors.
   store::OperationRecord spawn(const std::string& project, const nlohmann::json& body);
+
+  // Validates and queues an image import (contract §2.3; kind "image_import"); returns the
+  // new operation (PENDING). Throws 4xx Errors.
+  store::OperationRecord import_image(const std::string& project, const nlohmann::json& body);
+  // Validates and queues a push of an image to a registry (kind "image_push").
+  store::OperationRecord push_image(const std::string& project, const std::string& image_uuid,
+                                    const nlohmann::json& body);
 
   // Resolves an image reference ("tag:NAME", a UUID) visible to `project`. Throws 404.
   store::ImageRecord resolve_image(const std::string& project, const std::string& ref);
@@ -81,6 +92,12 @@ class Engine {
  private:
   void worker_loop();
   void execute(const std::shared_ptr<LiveOperation>& op, const SpawnRequest& req);
+  void run_import(const std::shared_ptr<LiveOperation>& op, const ImportRequest& req);
+  void run_push(const std::shared_ptr<LiveOperation>& op, const store::ImageRecord& img,
+                const PushRequest& req);
+  // Finishes an import or push that threw: CANCELLED when cancelled, FAILED otherwise.
+  void finish_failed_transfer(const std::shared_ptr<LiveOperation>& op, const Error& e,
+                              bool timed_out, int64_t timeout_s);
   // Makes an operation final: applies `final_state` to a copy of its record, stores record,
   // events (+ completion) and the new image in one transaction, and only then shows the final
   // state to readers of the live object, so a client never sees a result image before it can
@@ -94,8 +111,11 @@ class Engine {
 
   struct Job {
     std::shared_ptr<LiveOperation> op;
-    SpawnRequest req;
+    SpawnRequest req;  // for instances
+    std::function<void(const std::shared_ptr<LiveOperation>&)> task;  // for other kinds
   };
+  // Registers a PENDING operation and queues its job. Throws 503/429.
+  void enqueue(const store::OperationRecord& rec, Job job);
 
   EngineConfig cfg_;
   store::MetaStore& meta_;

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "common/base64.h"
 #include "common/error.h"
 
 namespace coppice::engine {
@@ -52,25 +53,6 @@ bool valid_hostname(const std::string& h) {
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_'))
       return false;
   return true;
-}
-
-std::string decode_base64(const std::string& in) {
-  static const std::string chars =
-      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  int val = 0, bits = -8;
-  for (char c : in) {
-    if (c == '=' || c == '\n' || c == '\r') continue;
-    size_t p = chars.find(c);
-    if (p == std::string::npos) throw bad_request("`stdin.value` is not valid base64");
-    val = (val << 6) + static_cast<int>(p);
-    bits += 6;
-    if (bits >= 0) {
-      out.push_back(static_cast<char>((val >> bits) & 0xff));
-      bits -= 8;
-    }
-  }
-  return out;
 }
 
 }  // namespace
@@ -213,7 +195,9 @@ SpawnRequest parse_spawn_request(const json& body, const SpawnLimits& limits) {
       std::string value = get_string(*s, "value");
       std::string enc = get_string(*s, "encoding", "ascii");
       if (enc == "base64") {
-        r.stdin_data = decode_base64(value);
+        auto decoded = base64_decode(value);
+        if (!decoded) throw bad_request("`stdin.value` is not valid base64");
+        r.stdin_data = std::move(*decoded);
       } else if (enc == "ascii" || enc == "utf-8" || enc == "utf8") {
         r.stdin_data = value;
       } else {

@@ -4,6 +4,7 @@
 //   coppiced token create --project P [--data-dir DIR]
 //   coppiced image bootstrap busybox|debian [--tag T] [--data-dir DIR]
 //   coppiced image import-rootfs DIR|TAR --tag T [--data-dir DIR]
+//   coppiced image import-archive OCI-DIR|OCI-TAR|DOCKER-SAVE-TAR --tag T [--data-dir DIR]
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -21,6 +22,7 @@
 #include "common/sha256.h"
 #include "engine/base_images.h"
 #include "engine/engine.h"
+#include "oci/importer.h"
 #include "sandbox/runtime.h"
 
 using namespace coppice;
@@ -42,6 +44,8 @@ struct ServeOptions {
   uint64_t pids = 1024;
   int64_t max_timeout_s = 3600;
   std::string log_level = "info";
+  std::vector<std::string> insecure_registries;
+  std::vector<std::string> registry_mirrors;  // REGISTRY=URL
 };
 
 int serve(const Paths& paths, const ServeOptions& o) {
@@ -75,6 +79,14 @@ int serve(const Paths& paths, const ServeOptions& o) {
   ec.uid_shift = ns.uid_base;
   ec.limits.max_timeout_s = o.max_timeout_s;
   ec.min_free_bytes = o.min_free_mb << 20;
+  ec.max_import_timeout_s = o.max_timeout_s;
+  ec.registry.insecure = o.insecure_registries;
+  for (const auto& m : o.registry_mirrors) {
+    auto eq = m.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == m.size())
+      throw Error(400, "--registry-mirror wants REGISTRY=URL, e.g. docker.io=http://mirror:5000");
+    ec.registry.mirrors[m.substr(0, eq)] = m.substr(eq + 1);
+  }
   engine::Engine engine(ec, *meta, layers, *runtime);
   engine.recover();
   engine.start();
@@ -134,6 +146,12 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--pids", so.pids, "default pids limit per sandbox")->capture_default_str();
   serve_cmd->add_option("--max-timeout", so.max_timeout_s, "largest timeout a run may ask for (s)")
       ->capture_default_str();
+  serve_cmd->add_option("--insecure-registry", so.insecure_registries,
+                        "registry host[:port] to reach over plain http (repeatable; loopback "
+                        "registries always are)");
+  serve_cmd->add_option("--registry-mirror", so.registry_mirrors,
+                        "pull mirror REGISTRY=URL, e.g. docker.io=http://10.0.0.5:5000 "
+                        "(repeatable)");
   serve_cmd->add_option("--log-level", so.log_level, "trace|debug|info|warn|error")
       ->capture_default_str();
 
@@ -159,7 +177,16 @@ int main(int argc, char** argv) {
   add_data_dir(import_rootfs);
   import_rootfs->add_option("source", source, "directory or tar archive")->required();
   import_rootfs->add_option("--tag", tag, "tag for the new image");
-  for (auto* c : {bootstrap, import_rootfs}) {
+  auto* import_archive = image_cmd->add_subcommand(
+      "import-archive", "import an OCI layout directory, an oci-archive tar or a docker-save tar");
+  std::string archive_name, platform = "linux/amd64";
+  import_archive->add_option("source", source, "OCI layout directory or archive")->required();
+  import_archive->add_option("--tag", tag, "tag for the new image");
+  import_archive->add_option("--name", archive_name,
+                             "which image of an archive holding several (ref name or RepoTag)");
+  import_archive->add_option("--platform", platform, "platform to pick from an index")
+      ->capture_default_str();
+  for (auto* c : {bootstrap, import_rootfs, import_archive}) {
     c->add_option("--project", project, "owner project (with --private)");
     c->add_flag("--private", private_image, "visible to --project only instead of every project");
   }
@@ -187,6 +214,21 @@ int main(int argc, char** argv) {
       if (opt.tag.empty()) opt.tag = kind == "busybox" ? "busybox:latest" : "debian:bookworm";
       img = kind == "busybox" ? engine::bootstrap_busybox(*meta, layers, opt)
                               : engine::bootstrap_debian(*meta, layers, opt);
+    } else if (*import_archive) {
+      auto scratch = layers.tmp_path("archive-" + new_uuid());
+      try {
+        std::filesystem::create_directories(scratch);
+        auto src = oci::archive_source(source, scratch, archive_name);
+        oci::ImportOptions io;
+        io.project = opt.project;
+        if (!tag.empty()) io.tag = tag;
+        io.platform = oci::parse_platform(platform);
+        img = oci::import_image(*src, *meta, layers, io, nullptr, nullptr).image;
+      } catch (...) {
+        std::filesystem::remove_all(scratch);
+        throw;
+      }
+      std::filesystem::remove_all(scratch);
     } else {
       img = engine::import_rootfs(*meta, layers, source, opt);
     }

@@ -32,6 +32,10 @@ class MetaStore {
   // The project's image with this exact tag, else the public one, else nullopt.
   virtual std::optional<ImageRecord> find_by_tag(const std::string& project,
                                                  const std::string& tag) = 0;
+  // The project's newest imported image whose OCI manifest digest (config.oci.manifest_digest)
+  // is `digest`, or nullopt: re-importing an unchanged image returns it.
+  virtual std::optional<ImageRecord> find_by_source(const std::string& project,
+                                                    const std::string& digest) = 0;
   // Puts `tag` on image `uuid`, taking it off whichever image of `project` had it.
   virtual void set_tag(const std::string& project, const std::string& uuid,
                        const std::string& tag) = 0;

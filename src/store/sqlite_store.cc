@@ -261,6 +261,19 @@ class SqliteStore final : public MetaStore {
     return read_image(s);
   }
 
+  std::optional<ImageRecord> find_by_source(const std::string& project,
+                                            const std::string& digest) override {
+    std::lock_guard lk(mu_);
+    Stmt s(db_, fmt::format("SELECT {} FROM images WHERE project=? AND parent_uuid IS NULL AND "
+                            "json_extract(config, '$.oci.manifest_digest')=? "
+                            "ORDER BY created_us DESC LIMIT 1",
+                            kImageCols)
+                    .c_str());
+    s.bind(1, project).bind(2, digest);
+    if (!s.step()) return std::nullopt;
+    return read_image(s);
+  }
+
   void set_tag(const std::string& project, const std::string& uuid,
                const std::string& tag) override {
     std::lock_guard lk(mu_);

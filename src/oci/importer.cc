@@ -1,0 +1,225 @@
+#include "oci/importer.h"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <exception>
+#include <mutex>
+#include <thread>
+
+#include "common/clock.h"
+#include "common/error.h"
+#include "common/fd.h"
+#include "common/fsutil.h"
+#include "common/ids.h"
+#include "common/sha256.h"
+#include "oci/layer_unpack.h"
+
+namespace coppice::oci {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// Shares progress between the download thread and the caller, rate-limited.
+class ProgressReporter {
+ public:
+  ProgressReporter(ImportProgress& p, const std::function<void(const ImportProgress&)>& fn)
+      : p_(p), fn_(fn) {}
+  void add_bytes(uint64_t n) {
+    std::lock_guard lk(mu_);
+    p_.bytes_done += n;
+    p_.bytes_fetched += n;
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_ >= std::chrono::milliseconds(100)) {
+      last_ = now;
+      if (fn_) fn_(p_);
+    }
+  }
+  template <typename F>
+  void update(F&& f) {
+    std::lock_guard lk(mu_);
+    f(p_);
+    last_ = std::chrono::steady_clock::now();
+    if (fn_) fn_(p_);
+  }
+
+ private:
+  std::mutex mu_;
+  ImportProgress& p_;
+  const std::function<void(const ImportProgress&)>& fn_;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+// Downloads one layer blob into a socket while the caller unpacks from the other end, so the
+// blob streams from the network into the layer directory with no temporary copy. The digest
+// and size are checked on everything that came through.
+void fetch_and_unpack(ImageSource& src, const Descriptor& d, const fs::path& dest,
+                      const UnpackOptions& uopt, ProgressReporter& rep) {
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw sys_error("socketpair");
+  UniqueFd rd(sv[0]), wr(sv[1]);
+  std::exception_ptr fetch_error;
+  std::string got_digest;
+  int64_t got_size = 0;
+  std::thread fetcher([&] {
+    try {
+      Sha256 h;
+      src.fetch_blob(d, [&](std::string_view chunk) {
+        h.update(chunk);
+        const size_t n_bytes = chunk.size();
+        got_size += static_cast<int64_t>(n_bytes);
+        if (got_size > d.size)
+          throw unprocessable(fmt::format("blob {} is larger than its descriptor says ({} bytes)",
+                                          d.digest, d.size));
+        while (!chunk.empty()) {
+          ssize_t n = ::send(wr.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+          if (n < 0) {
+            if (errno == EINTR) continue;
+            throw sys_error("layer stream");
+          }
+          chunk.remove_prefix(static_cast<size_t>(n));
+        }
+        rep.add_bytes(n_bytes);
+      });
+      got_digest = "sha256:" + h.hex_digest();
+    } catch (...) {
+      fetch_error = std::current_exception();
+    }
+    ::shutdown(wr.get(), SHUT_WR);
+  });
+  std::exception_ptr unpack_error;
+  try {
+    unpack_layer(rd.get(), dest, uopt);
+    // Read what follows the tar's end marker so the digest covers the whole blob.
+    char buf[65536];
+    while (::read(rd.get(), buf, sizeof buf) > 0) {
+    }
+  } catch (...) {
+    unpack_error = std::current_exception();
+    ::shutdown(rd.get(), SHUT_RDWR);  // unblocks the fetcher
+  }
+  fetcher.join();
+  // A download failure explains a truncated tar better than the unpacker's error does.
+  if (fetch_error) std::rethrow_exception(fetch_error);
+  if (unpack_error) std::rethrow_exception(unpack_error);
+  if (got_digest != d.digest)
+    throw unprocessable(fmt::format("digest mismatch for layer {}: the content hashes to {}",
+                                    d.digest, got_digest));
+  if (got_size != d.size)
+    throw unprocessable(fmt::format("layer {} is {} bytes, its descriptor says {}", d.digest,
+                                    got_size, d.size));
+}
+
+}  // namespace
+
+std::string layer_id_for(const std::string& digest) {
+  return "sha256-" + digest.substr(digest.find(':') + 1);
+}
+
+ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::LayerStore& layers,
+                          const ImportOptions& opt,
+                          const std::function<void(const ImportProgress&)>& progress,
+                          const AbortCheck& abort) {
+  ImportResult res;
+  ProgressReporter rep(res.progress, progress);
+  const int64_t t0 = now_us();
+  ResolvedImage img = src.resolve(opt.platform);
+  res.manifest_digest = img.manifest_digest;
+  if (img.manifest.layers.empty()) throw unprocessable("the image has no layers");
+  rep.update([&](ImportProgress& p) {
+    p.layers_total = img.manifest.layers.size();
+    for (const auto& l : img.manifest.layers) p.bytes_total += static_cast<uint64_t>(l.size);
+  });
+
+  std::vector<std::string> ids;  // bottom first
+  for (const auto& l : img.manifest.layers) ids.push_back(layer_id_for(l.digest));
+  auto have = [&](const std::string& id) { return fs::exists(layers.layer_path(id)); };
+
+  // An unchanged re-import: the same manifest in this project, all layers still stored.
+  if (auto existing = meta.find_by_source(opt.project, img.manifest_digest)) {
+    bool all = true;
+    for (const auto& id : existing->layers) all = all && have(id);
+    if (all) {
+      if (opt.tag) {
+        meta.set_tag(opt.project, existing->uuid, *opt.tag);
+        existing->tag = *opt.tag;
+      }
+      rep.update([&](ImportProgress& p) {
+        p.layers_done = p.layers_reused = p.layers_total;
+        p.bytes_done = p.bytes_total;
+      });
+      res.image = *existing;
+      res.existing = true;
+      return res;
+    }
+  }
+
+  for (size_t i = 0; i < img.manifest.layers.size(); ++i) {
+    if (abort && abort()) throw Error(499, "cancelled");
+    const Descriptor& d = img.manifest.layers[i];
+    const std::string& id = ids[i];
+    if (have(id)) {
+      rep.update([&](ImportProgress& p) {
+        ++p.layers_done;
+        ++p.layers_reused;
+        p.bytes_done += static_cast<uint64_t>(d.size);
+      });
+      continue;
+    }
+    fs::path tmp = layers.tmp_path("import-" + new_uuid());
+    make_dirs(tmp, 0755);
+    try {
+      // The layer's root belongs to the sandbox's root, like every directory it creates.
+      if (::chown(tmp.c_str(), opt.uid_shift, opt.uid_shift) != 0) throw sys_error("chown " + tmp.string());
+      std::vector<fs::path> below;
+      for (size_t j = i; j-- > 0;) below.push_back(layers.layer_path(ids[j]));
+      std::optional<store::LayerView> lower;
+      if (!below.empty()) lower.emplace(below, opt.uid_shift);
+      UnpackOptions uopt;
+      uopt.uid_shift = opt.uid_shift;
+      uopt.uid_range = opt.uid_range;
+      uopt.lower = lower ? &*lower : nullptr;
+      uopt.min_free_bytes = opt.min_free_bytes;
+      fetch_and_unpack(src, d, tmp, uopt, rep);
+      try {
+        layers.commit_layer(tmp, id);
+      } catch (const std::exception&) {
+        if (!have(id)) throw;
+        remove_tree(tmp);  // another import stored the same layer meanwhile
+      }
+    } catch (...) {
+      remove_tree(tmp);
+      throw;
+    }
+    rep.update([&](ImportProgress& p) { ++p.layers_done; });
+  }
+
+  store::ImageRecord rec;
+  rec.uuid = new_uuid();
+  rec.project = opt.project;
+  rec.layers.assign(ids.rbegin(), ids.rend());
+  rec.layer_id = rec.layers.front();
+  rec.created_us = now_us();
+  for (const auto& l : img.manifest.layers) rec.size_bytes += l.size;
+  rec.config = img.config.to_store_json();
+  rec.config["oci"] = {{"manifest_digest", img.manifest_digest},
+                       {"config_digest", img.manifest.config.digest},
+                       {"source", opt.source_name.empty() ? src.describe() : opt.source_name},
+                       {"platform", img.config.platform.str()}};
+  meta.insert_image(rec);
+  if (opt.tag) {
+    meta.set_tag(opt.project, rec.uuid, *opt.tag);
+    rec.tag = *opt.tag;
+  }
+  res.image = rec;
+  spdlog::info("imported {} as image {} ({} layers, {} reused, {} bytes fetched) in {:.1f} ms",
+               src.describe(), rec.uuid, ids.size(), res.progress.layers_reused,
+               res.progress.bytes_fetched, (now_us() - t0) / 1e3);
+  return res;
+}
+
+}  // namespace coppice::oci

@@ -1,0 +1,53 @@
+// Importing an image from a source (registry or archive) into the store. Layers are stored
+// once, by the digest of the blob they came from ("sha256-<hex>" in layers/), so images that
+// share a base layer share its storage, and a layer is streamed from the network straight into
+// its layer directory (no temporary copy of the blob). Every blob is verified against its
+// digest; a mismatch fails the import and stores nothing (the half-written layer is removed).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "oci/image_source.h"
+#include "store/layer_store.h"
+#include "store/meta_store.h"
+
+namespace coppice::oci {
+
+struct ImportOptions {
+  std::string project;             // owner of the new image (kPublicProject = public)
+  std::optional<std::string> tag;  // moved to the image when set
+  Platform platform;               // chosen from an index
+  std::string source_name;         // recorded in the image config ("docker.io/library/x:1")
+  uid_t uid_shift = 100000;
+  uid_t uid_range = 65536;
+  uint64_t min_free_bytes = 0;
+};
+
+struct ImportProgress {
+  size_t layers_done = 0, layers_total = 0, layers_reused = 0;
+  uint64_t bytes_done = 0, bytes_total = 0;  // compressed blob bytes (reused layers count done)
+  uint64_t bytes_fetched = 0;                // of which actually downloaded or read
+};
+
+struct ImportResult {
+  store::ImageRecord image;
+  bool existing = false;  // an unchanged re-import: the image was already there
+  ImportProgress progress;
+  std::string manifest_digest;
+};
+
+// `progress` is called from the importing thread (and the download thread) with the running
+// totals, at most every ~100 ms plus once per layer. `abort` is polled; returning true stops
+// the import with Error 499.
+ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::LayerStore& layers,
+                          const ImportOptions& opt,
+                          const std::function<void(const ImportProgress&)>& progress,
+                          const AbortCheck& abort);
+
+// The store's layer id for a blob digest: "sha256-<hex>".
+std::string layer_id_for(const std::string& digest);
+
+}  // namespace coppice::oci
