@@ -4,7 +4,9 @@
 #include "api/api.h"
 #include "common/error.h"
 #include "common/ids.h"
+#include "common/fsutil.h"
 #include "engine/import_request.h"
+#include "oci/exporter.h"
 
 namespace coppice::api {
 
@@ -29,6 +31,27 @@ void Api::images(Exchange& ex) {
   if (s.size() == 2 && s[1] == "import") {
     if (ex.method() != http::verb::post) throw Error(405, "method not allowed");
     auto op = engine_.import_image(ex.project, ex.json_body());
+    return ex.reply_json(201, {{"uuid", op.uuid}, {"status", op.status}},
+                         {{"Location", "/v1/operations/" + op.uuid}});
+  }
+  if (s.size() == 3 && s[2] == "export") {
+    if (ex.method() != http::verb::get) throw Error(405, "method not allowed");
+    auto img = engine_.find_image(ex.project, s[1]);
+    if (!img) throw not_found(fmt::format("image not found: {}", s[1]));
+    TempDir work(engine_.layer_store().tmp_path("export-" + new_uuid()));
+    auto built = oci::build_image(*img, engine_.layer_store(), work.path(),
+                                  engine_.config().uid_shift);
+    ex.begin_stream(200, "application/x-tar",
+                    {{"Content-Disposition",
+                      fmt::format("attachment; filename=\"{}.oci.tar\"", img->uuid)},
+                     {"Docker-Content-Digest", built.manifest_digest}});
+    oci::write_oci_archive(built, oci::ref_name_for_tag(img->tag),
+                           [&](std::string_view chunk) { ex.write(chunk); });
+    return ex.end_stream();
+  }
+  if (s.size() == 3 && s[2] == "push") {
+    if (ex.method() != http::verb::post) throw Error(405, "method not allowed");
+    auto op = engine_.push_image(ex.project, s[1], ex.json_body());
     return ex.reply_json(201, {{"uuid", op.uuid}, {"status", op.status}},
                          {{"Location", "/v1/operations/" + op.uuid}});
   }

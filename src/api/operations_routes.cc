@@ -56,8 +56,8 @@ void Api::operations(Exchange& ex) {
       f.status = *st;
     }
     if (auto k = ex.query().get("kind"); k && !k->empty()) {
-      if (*k != "instance" && *k != "image_import")
-        throw bad_request("kind must be instance or image_import");
+      if (*k != "instance" && *k != "image_import" && *k != "image_push")
+        throw bad_request("kind must be instance, image_import or image_push");
       f.kind = *k;
     }
     json arr = json::array();

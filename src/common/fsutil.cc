@@ -1,5 +1,7 @@
 #include "common/fsutil.h"
 
+#include <spdlog/spdlog.h>
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -187,6 +189,14 @@ void shift_ownership(const fs::path& p, uid_t shift) {
         shift_one(dirfd, name.c_str(), est, shift, name + " below " + p.string());
       },
       [](int, const std::string&) {});
+}
+
+TempDir::~TempDir() {
+  try {
+    remove_tree(path_);
+  } catch (const std::exception& e) {
+    spdlog::warn("could not remove scratch directory {}: {}", path_.string(), e.what());
+  }
 }
 
 }  // namespace coppice

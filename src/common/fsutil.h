@@ -33,4 +33,17 @@ TreeSize tree_size(const fs::path& p);
 // (used to move a root filesystem into the sandbox uid range). Never follows symlinks.
 void shift_ownership(const fs::path& p, uid_t shift);
 
+// A scratch directory, created on construction and removed (remove_tree) on destruction.
+class TempDir {
+ public:
+  explicit TempDir(fs::path p, mode_t mode = 0700) : path_(std::move(p)) { make_dirs(path_, mode); }
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
 }  // namespace coppice

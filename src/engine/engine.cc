@@ -10,6 +10,7 @@
 
 #include "common/base64.h"
 #include "common/clock.h"
+#include "oci/exporter.h"
 #include "oci/importer.h"
 #include "common/error.h"
 #include "common/fsutil.h"
@@ -399,10 +400,7 @@ void Engine::run_import(const std::shared_ptr<LiveOperation>& op, const ImportRe
                 {"bytes_total", p.bytes_total},
                 {"bytes_fetched", p.bytes_fetched}});
   };
-  std::filesystem::path scratch;
-  auto cleanup = [&] {
-    if (!scratch.empty()) remove_tree(scratch);
-  };
+  std::optional<TempDir> scratch;
   try {
     std::unique_ptr<oci::ImageSource> src;
     if (req.ref) {
@@ -411,13 +409,12 @@ void Engine::run_import(const std::shared_ptr<LiveOperation>& op, const ImportRe
     } else {
       auto f = meta_.get_file_by_uuid(rec0.project, *req.archive_file);
       if (!f) throw not_found(fmt::format("file {} not found", *req.archive_file));
-      scratch = layers_.tmp_path("archive-" + rec0.uuid);
-      make_dirs(scratch, 0700);
-      src = oci::archive_source(layers_.file_path(f->sha256), scratch);
+      scratch.emplace(layers_.tmp_path("archive-" + rec0.uuid));
+      src = oci::archive_source(layers_.file_path(f->sha256), scratch->path());
       opt.source_name = "file " + f->uuid;
     }
     auto res = oci::import_image(*src, meta_, layers_, opt, progress, abort);
-    cleanup();
+    scratch.reset();
     finish(
         op,
         [&](OperationRecord& r) {
@@ -435,10 +432,70 @@ void Engine::run_import(const std::shared_ptr<LiveOperation>& op, const ImportRe
         },
         std::nullopt);
   } catch (const Error& e) {
-    cleanup();
+    scratch.reset();
     finish_failed_transfer(op, e, timed_out.load(), req.timeout_s);
   } catch (const std::exception& e) {
-    cleanup();
+    scratch.reset();
+    finish_failed_transfer(op, Error(500, e.what()), false, req.timeout_s);
+  }
+}
+
+OperationRecord Engine::push_image(const std::string& project, const std::string& image_uuid,
+                                   const json& body) {
+  auto img = find_image(project, image_uuid);
+  if (!img) throw not_found(fmt::format("image not found: {}", image_uuid));
+  PushRequest req = parse_push_request(body, cfg_.max_import_timeout_s);
+  OperationRecord rec;
+  rec.uuid = new_uuid();
+  rec.project = project;
+  rec.kind = "image_push";
+  rec.status = "PENDING";
+  rec.created_us = now_us();
+  rec.image_uuid = img->uuid;
+  rec.metadata = req.to_json();
+  enqueue(rec, Job{nullptr, {}, [this, img = *img, req](const std::shared_ptr<LiveOperation>& op) {
+                     run_push(op, img, req);
+                   }});
+  spdlog::info("op={} queued push of image {} to {}", rec.uuid, img->uuid, req.ref.str());
+  return rec;
+}
+
+void Engine::run_push(const std::shared_ptr<LiveOperation>& op, const ImageRecord& img,
+                      const PushRequest& req) {
+  op->set_status("EXECUTING");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(req.timeout_s);
+  std::atomic<bool> timed_out{false};
+  oci::AbortCheck abort = [&] {
+    if (std::chrono::steady_clock::now() > deadline) timed_out = true;
+    return timed_out.load() || op->cancel_token().cancelled();
+  };
+  try {
+    TempDir work(layers_.tmp_path("push-" + op->record().uuid));
+    auto built = oci::build_image(
+        img, layers_, work.path(), cfg_.uid_shift,
+        [&](size_t done, size_t total) {
+          op->append(0, "progress", {{"phase", "pack"}, {"layers_done", done}, {"layers_total", total}});
+        },
+        abort);
+    oci::RegistryClient client(req.ref, req.credentials, cfg_.registry, abort, true);
+    std::string digest = oci::push_image(built, client, [&](size_t done, size_t total) {
+      op->append(0, "progress", {{"phase", "upload"}, {"blobs_done", done}, {"blobs_total", total}});
+    });
+    int64_t bytes = 0;
+    for (const auto& l : built.layers) bytes += l.size;
+    finish(
+        op,
+        [&](OperationRecord& r) {
+          r.status = "SUCCESS";
+          r.image_size = bytes;
+          r.metadata["manifest_digest"] = digest;
+          r.metadata["pushed"] = req.ref.str();
+          r.metadata["layers"] = built.layers.size();
+        },
+        std::nullopt);
+  } catch (const Error& e) {
+    finish_failed_transfer(op, e, timed_out.load(), req.timeout_s);
+  } catch (const std::exception& e) {
     finish_failed_transfer(op, Error(500, e.what()), false, req.timeout_s);
   }
 }
