@@ -3,15 +3,14 @@
 
 #include "api/api.h"
 #include "common/error.h"
-#include "common/ids.h"
 #include "common/fsutil.h"
+#include "common/ids.h"
 #include "engine/import_request.h"
 #include "oci/exporter.h"
 
 namespace coppice::api {
 
 using json = nlohmann::json;
-
 
 void Api::images(Exchange& ex) {
   const auto& s = ex.segments();
@@ -39,12 +38,12 @@ void Api::images(Exchange& ex) {
     auto img = engine_.find_image(ex.project, s[1]);
     if (!img) throw not_found(fmt::format("image not found: {}", s[1]));
     TempDir work(engine_.layer_store().tmp_path("export-" + new_uuid()));
-    auto built = oci::build_image(*img, engine_.layer_store(), work.path(),
-                                  engine_.config().uid_shift);
-    ex.begin_stream(200, "application/x-tar",
-                    {{"Content-Disposition",
-                      fmt::format("attachment; filename=\"{}.oci.tar\"", img->uuid)},
-                     {"Docker-Content-Digest", built.manifest_digest}});
+    auto built =
+        oci::build_image(*img, engine_.layer_store(), work.path(), engine_.config().uid_shift);
+    ex.begin_stream(
+        200, "application/x-tar",
+        {{"Content-Disposition", fmt::format("attachment; filename=\"{}.oci.tar\"", img->uuid)},
+         {"Docker-Content-Digest", built.manifest_digest}});
     oci::write_oci_archive(built, oci::ref_name_for_tag(img->tag),
                            [&](std::string_view chunk) { ex.write(chunk); });
     return ex.end_stream();

@@ -1,9 +1,8 @@
 #include "common/fsutil.h"
 
-#include <spdlog/spdlog.h>
-
 #include <dirent.h>
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 

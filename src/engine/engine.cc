@@ -10,11 +10,11 @@
 
 #include "common/base64.h"
 #include "common/clock.h"
-#include "oci/exporter.h"
-#include "oci/importer.h"
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/ids.h"
+#include "oci/exporter.h"
+#include "oci/importer.h"
 #include "store/layer_view.h"
 
 namespace coppice::engine {
@@ -474,12 +474,14 @@ void Engine::run_push(const std::shared_ptr<LiveOperation>& op, const ImageRecor
     auto built = oci::build_image(
         img, layers_, work.path(), cfg_.uid_shift,
         [&](size_t done, size_t total) {
-          op->append(0, "progress", {{"phase", "pack"}, {"layers_done", done}, {"layers_total", total}});
+          op->append(0, "progress",
+                     {{"phase", "pack"}, {"layers_done", done}, {"layers_total", total}});
         },
         abort);
     oci::RegistryClient client(req.ref, req.credentials, cfg_.registry, abort, true);
     std::string digest = oci::push_image(built, client, [&](size_t done, size_t total) {
-      op->append(0, "progress", {{"phase", "upload"}, {"blobs_done", done}, {"blobs_total", total}});
+      op->append(0, "progress",
+                 {{"phase", "upload"}, {"blobs_done", done}, {"blobs_total", total}});
     });
     int64_t bytes = 0;
     for (const auto& l : built.layers) bytes += l.size;

@@ -38,8 +38,8 @@ struct EngineConfig {
   uid_t uid_shift = 100000;   // host uid of sandbox root
   uint64_t min_free_bytes = 512ull << 20;  // runs are refused below this much free data space
   SpawnLimits limits;
-  oci::RegistryConfig registry;          // insecure registries, mirrors, retries
-  int64_t max_import_timeout_s = 3600;   // cap on an import's or push's `timeout`
+  oci::RegistryConfig registry;         // insecure registries, mirrors, retries
+  int64_t max_import_timeout_s = 3600;  // cap on an import's or push's `timeout`
 };
 
 class Engine {
@@ -111,7 +111,7 @@ class Engine {
 
   struct Job {
     std::shared_ptr<LiveOperation> op;
-    SpawnRequest req;  // for instances
+    SpawnRequest req;                                                 // for instances
     std::function<void(const std::shared_ptr<LiveOperation>&)> task;  // for other kinds
   };
   // Registers a PENDING operation and queues its job. Throws 503/429.

@@ -154,7 +154,8 @@ void write_oci_archive(const BuiltImage& img, const std::string& ref_name,
   const int64_t mtime = now_us() / 1000000;
   auto check = [&](int rc, const std::string& what) {
     if (ctx.error) std::rethrow_exception(ctx.error);
-    if (rc < ARCHIVE_WARN) throw internal(fmt::format("tar {}: {}", what, archive_error_string(a.get())));
+    if (rc < ARCHIVE_WARN)
+      throw internal(fmt::format("tar {}: {}", what, archive_error_string(a.get())));
   };
   auto header = [&](const std::string& name, mode_t type, int64_t size) {
     std::unique_ptr<archive_entry, EntryFree> e(archive_entry_new());

@@ -106,7 +106,8 @@ std::string HttpResponse::header(const std::string& lower_name) const {
   return it == headers.end() ? std::string() : it->second;
 }
 
-HttpClient::HttpClient(AbortCheck abort) : h_(std::make_unique<Handle>()), abort_(std::move(abort)) {
+HttpClient::HttpClient(AbortCheck abort)
+    : h_(std::make_unique<Handle>()), abort_(std::move(abort)) {
   std::call_once(g_curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   h_->curl = curl_easy_init();
   if (!h_->curl) throw internal("curl_easy_init failed");

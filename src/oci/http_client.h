@@ -25,7 +25,7 @@ struct HttpRequest {
 struct HttpResponse {
   long status = 0;
   std::map<std::string, std::string> headers;  // names lower-cased; the last value wins
-  std::string body;          // the body, unless it was streamed to a sink (then empty)
+  std::string body;           // the body, unless it was streamed to a sink (then empty)
   std::string effective_url;  // after redirects
   bool streamed = false;      // some body bytes went to the sink
   std::string header(const std::string& lower_name) const;

@@ -41,7 +41,8 @@ class RegistrySource final : public ImageSource {
       Descriptor d = select_platform(body, platform);
       doc = client_.get_manifest(d.digest);
       body = parse_json(doc.body, "the manifest");
-      if (is_index(doc.media_type, body)) throw unprocessable("nested image indexes are not supported");
+      if (is_index(doc.media_type, body))
+        throw unprocessable("nested image indexes are not supported");
     }
     ResolvedImage r;
     r.manifest_digest = doc.digest;
@@ -247,8 +248,8 @@ void extract_archive(const fs::path& tar, const fs::path& dest) {
   archive_read_support_filter_zstd(a.get());
   archive_read_support_format_tar(a.get());
   if (archive_read_open_filename(a.get(), tar.c_str(), 1 << 20) != ARCHIVE_OK)
-    throw unprocessable(fmt::format("{} is not a tar archive: {}", tar.string(),
-                                    archive_error_string(a.get())));
+    throw unprocessable(
+        fmt::format("{} is not a tar archive: {}", tar.string(), archive_error_string(a.get())));
   archive_entry* e;
   std::string buf(1 << 20, '\0');
   for (;;) {
@@ -256,7 +257,8 @@ void extract_archive(const fs::path& tar, const fs::path& dest) {
     if (r == ARCHIVE_EOF) break;
     if (r < ARCHIVE_WARN)
       throw unprocessable(fmt::format("{}: {}", tar.string(), archive_error_string(a.get())));
-    std::string rel = normalize_member_name(archive_entry_pathname(e) ? archive_entry_pathname(e) : "");
+    std::string rel =
+        normalize_member_name(archive_entry_pathname(e) ? archive_entry_pathname(e) : "");
     if (rel.empty()) continue;
     fs::path p = dest / rel;
     if (archive_entry_filetype(e) == AE_IFDIR) {
@@ -306,7 +308,9 @@ std::unique_ptr<ImageSource> archive_source(const fs::path& path, const fs::path
     throw not_found(fmt::format("{}: no such file or directory", path.string()));
   }
   if (fs::exists(dir / "index.json"))
-    return std::make_unique<LayoutSource>(dir, name, fmt::format("oci-{} {}", kind == "directory" ? "layout" : "archive", path.string()));
+    return std::make_unique<LayoutSource>(
+        dir, name,
+        fmt::format("oci-{} {}", kind == "directory" ? "layout" : "archive", path.string()));
   if (fs::exists(dir / "manifest.json"))
     return std::make_unique<DockerArchiveSource>(dir, name, "docker-archive " + path.string());
   throw unprocessable(fmt::format(

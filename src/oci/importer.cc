@@ -110,8 +110,8 @@ void fetch_and_unpack(ImageSource& src, const Descriptor& d, const fs::path& des
     throw unprocessable(fmt::format("digest mismatch for layer {}: the content hashes to {}",
                                     d.digest, got_digest));
   if (got_size != d.size)
-    throw unprocessable(fmt::format("layer {} is {} bytes, its descriptor says {}", d.digest,
-                                    got_size, d.size));
+    throw unprocessable(
+        fmt::format("layer {} is {} bytes, its descriptor says {}", d.digest, got_size, d.size));
 }
 
 }  // namespace
@@ -174,7 +174,8 @@ ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::Layer
     make_dirs(tmp, 0755);
     try {
       // The layer's root belongs to the sandbox's root, like every directory it creates.
-      if (::chown(tmp.c_str(), opt.uid_shift, opt.uid_shift) != 0) throw sys_error("chown " + tmp.string());
+      if (::chown(tmp.c_str(), opt.uid_shift, opt.uid_shift) != 0)
+        throw sys_error("chown " + tmp.string());
       std::vector<fs::path> below;
       for (size_t j = i; j-- > 0;) below.push_back(layers.layer_path(ids[j]));
       std::optional<store::LayerView> lower;

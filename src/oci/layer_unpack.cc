@@ -31,7 +31,9 @@ struct WriteFree {
   void operator()(archive* a) const { archive_write_free(a); }
 };
 
-Error hostile(const std::string& why) { return unprocessable("refusing layer: " + why); }
+Error hostile(const std::string& why) {
+  return unprocessable("refusing layer: " + why);
+}
 
 // Rewrites a security.capability value as VFS_CAP_REVISION_3 owned by the sandbox's root, so
 // that file capabilities work inside the sandbox's user namespace and nowhere else.
@@ -105,13 +107,15 @@ class Unpacker {
       struct stat st;
       if (::lstat(host(prefix).c_str(), &st) == 0) {
         if (S_ISLNK(st.st_mode))
-          throw hostile(fmt::format("{} goes through the symlink {} of the same layer", rel, prefix));
+          throw hostile(
+              fmt::format("{} goes through the symlink {} of the same layer", rel, prefix));
         if (!S_ISDIR(st.st_mode))
           throw hostile(fmt::format("{} goes through the non-directory {}", rel, prefix));
       } else if (opt_.lower) {
         auto below = opt_.lower->lookup("/" + prefix);
         if (below && S_ISLNK(below->st.st_mode))
-          throw hostile(fmt::format("{} goes through the symlink /{} of a lower layer", rel, prefix));
+          throw hostile(
+              fmt::format("{} goes through the symlink /{} of a lower layer", rel, prefix));
       }
       checked_.insert(prefix);
     }
@@ -273,7 +277,8 @@ std::string normalize_member_name(std::string_view name) {
     size_t j = name.find('/', i);
     if (j == std::string_view::npos) j = name.size();
     std::string_view c = name.substr(i, j - i);
-    if (c == "..") throw hostile(fmt::format("member name {} has a .. component", std::string(name)));
+    if (c == "..")
+      throw hostile(fmt::format("member name {} has a .. component", std::string(name)));
     if (!c.empty() && c != ".") {
       if (!out.empty()) out += '/';
       out += c;

@@ -15,9 +15,10 @@ Descriptor parse_descriptor(const json& j, const char* what) {
   if (!j.is_object()) throw unprocessable(fmt::format("{}: descriptor is not an object", what));
   Descriptor d;
   d.media_type = j.value("mediaType", std::string());
-  if (!j.contains("digest") || !j["digest"].is_string() || !is_digest(j["digest"].get<std::string>()))
-    throw unprocessable(fmt::format("{}: missing or unsupported digest (only sha256 is supported)",
-                                    what));
+  if (!j.contains("digest") || !j["digest"].is_string() ||
+      !is_digest(j["digest"].get<std::string>()))
+    throw unprocessable(
+        fmt::format("{}: missing or unsupported digest (only sha256 is supported)", what));
   d.digest = j["digest"].get<std::string>();
   if (!j.contains("size") || !j["size"].is_number_integer() || j["size"].get<int64_t>() < 0)
     throw unprocessable(fmt::format("{}: missing or negative size", what));

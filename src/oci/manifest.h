@@ -22,8 +22,7 @@ inline constexpr const char* kDockerManifest =
 inline constexpr const char* kDockerList =
     "application/vnd.docker.distribution.manifest.list.v2+json";
 inline constexpr const char* kDockerConfig = "application/vnd.docker.container.image.v1+json";
-inline constexpr const char* kDockerLayerGzip =
-    "application/vnd.docker.image.rootfs.diff.tar.gzip";
+inline constexpr const char* kDockerLayerGzip = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 // What a client accepts when it asks for a manifest.
 inline constexpr const char* kAcceptManifests =
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, "

@@ -9,7 +9,9 @@ namespace coppice::oci {
 
 namespace {
 
-bool is_lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+bool is_lower_alnum(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
 
 // One path component of a repository: lower-case alphanumerics separated by ".", "_", "__"
 // or runs of "-" (the distribution grammar).
@@ -108,8 +110,9 @@ Reference parse_reference(std::string_view text) {
     size_t end = path.find('/', start);
     if (end == std::string_view::npos) end = path.size();
     if (!valid_component(path.substr(start, end - start)))
-      throw bad("repository names are lower-case alphanumerics separated by '.', '_', '__', '-' "
-                "and '/'");
+      throw bad(
+          "repository names are lower-case alphanumerics separated by '.', '_', '__', '-' "
+          "and '/'");
     start = end + 1;
   }
   ref.repository = std::string(path);

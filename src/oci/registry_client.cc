@@ -54,7 +54,9 @@ std::pair<std::string, std::map<std::string, std::string>> parse_challenge(const
   return {scheme, params};
 }
 
-bool retryable(long status) { return status == 429 || status == 408 || status >= 500; }
+bool retryable(long status) {
+  return status == 429 || status == 408 || status >= 500;
+}
 
 }  // namespace
 
@@ -116,7 +118,8 @@ void RegistryClient::authenticate(const std::string& challenge) {
   std::string url = params["realm"];
   if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0)
     throw Error(502, fmt::format("token realm {} is not an http(s) URL", url));
-  std::string scope = fmt::format("repository:{}:{}", ref_.repository, push_ ? "pull,push" : "pull");
+  std::string scope =
+      fmt::format("repository:{}:{}", ref_.repository, push_ ? "pull,push" : "pull");
   std::vector<std::string> q;
   if (!params["service"].empty()) q.push_back("service=" + url_escape(params["service"]));
   q.push_back("scope=" + url_escape(scope));
@@ -134,8 +137,8 @@ void RegistryClient::authenticate(const std::string& challenge) {
     sleep_abortable(cfg_.backoff * (1 << std::min(attempt - 1, 6)));
   }
   if (r.status == 401 || r.status == 403)
-    throw Error(401, fmt::format("the token service of {} refused the credentials{}",
-                                 ref_.registry, cred_.anonymous() ? " (anonymous)" : ""));
+    throw Error(401, fmt::format("the token service of {} refused the credentials{}", ref_.registry,
+                                 cred_.anonymous() ? " (anonymous)" : ""));
   if (r.status != 200)
     throw Error(502, fmt::format("token service {} answered {}", params["realm"], r.status));
   json j = json::parse(r.body, nullptr, false);
@@ -216,8 +219,8 @@ RegistryClient::Document RegistryClient::get_manifest(const std::string& tag_or_
       d.body = std::move(r.body);
       d.digest = "sha256:" + sha256_hex(d.body);
       if (is_digest(tag_or_digest) && d.digest != tag_or_digest)
-        throw unprocessable(fmt::format("manifest digest mismatch: asked for {}, got {}",
-                                        tag_or_digest, d.digest));
+        throw unprocessable(
+            fmt::format("manifest digest mismatch: asked for {}, got {}", tag_or_digest, d.digest));
       json body = json::parse(d.body, nullptr, false);
       if (body.is_discarded()) throw unprocessable("the manifest is not valid JSON");
       d.media_type = manifest_media_type(r.header("content-type"), body);

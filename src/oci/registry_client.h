@@ -84,7 +84,7 @@ class RegistryClient {
   HttpClient http_;
   std::vector<std::string> endpoints_;  // mirror first when configured
   size_t current_ = 0;
-  std::optional<std::string> auth_;     // the Authorization header value in use
+  std::optional<std::string> auth_;  // the Authorization header value in use
 };
 
 }  // namespace coppice::oci
