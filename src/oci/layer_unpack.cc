@@ -13,6 +13,7 @@
 
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <unordered_set>
@@ -121,6 +122,9 @@ class Unpacker {
     }
   }
 
+  // Creates the missing directories on the way to `rel`. A directory the layer does not
+  // describe keeps what the layers below say of it (mode, owner, user xattrs, mtime), as an
+  // overlay copy-up would; without one below it is 0755 and owned by the sandbox's root.
   void ensure_dir(const std::string& rel) {
     if (rel.empty()) return;
     size_t pos = 0;
@@ -129,13 +133,38 @@ class Unpacker {
       std::string prefix = rel.substr(0, next);
       std::string p = host(prefix);
       if (::mkdir(p.c_str(), 0755) == 0) {
-        if (::lchown(p.c_str(), opt_.uid_shift, opt_.uid_shift) != 0) throw sys_error("chown " + p);
+        std::optional<store::Entry> below;
+        if (opt_.lower) below = opt_.lower->lookup("/" + prefix);
+        if (below && S_ISDIR(below->st.st_mode)) {
+          copy_dir_attrs(*below, p);
+        } else if (::lchown(p.c_str(), opt_.uid_shift, opt_.uid_shift) != 0) {
+          throw sys_error("chown " + p);
+        }
       } else if (errno != EEXIST) {
         throw sys_error("mkdir " + p);
       }
       if (next == std::string::npos) break;
       pos = next + 1;
     }
+  }
+
+  void copy_dir_attrs(const store::Entry& below, const std::string& p) {
+    if (::lchown(p.c_str(), below.st.st_uid + opt_.uid_shift, below.st.st_gid + opt_.uid_shift) !=
+        0)
+      throw sys_error("chown " + p);
+    if (::chmod(p.c_str(), below.st.st_mode & 07777) != 0) throw sys_error("chmod " + p);
+    std::vector<char> names(4096);
+    ssize_t n = ::llistxattr(below.host_path.c_str(), names.data(), names.size());
+    std::vector<char> value(65536);
+    for (ssize_t off = 0; n > 0 && off < n;) {
+      std::string name(names.data() + off);
+      off += static_cast<ssize_t>(name.size()) + 1;
+      if (name.rfind("user.", 0) != 0 || name.rfind("user.overlay.", 0) == 0) continue;
+      ssize_t len = ::lgetxattr(below.host_path.c_str(), name.c_str(), value.data(), value.size());
+      if (len >= 0) ::lsetxattr(p.c_str(), name.c_str(), value.data(), static_cast<size_t>(len), 0);
+    }
+    struct timespec times[2] = {below.st.st_atim, below.st.st_mtim};
+    ::utimensat(AT_FDCWD, p.c_str(), times, AT_SYMLINK_NOFOLLOW);
   }
 
   void mark_opaque(const std::string& rel) {

@@ -200,7 +200,9 @@ void RegistryClient::fail(const std::string& what, const HttpResponse& r) const 
   while (!detail.empty() && (detail.back() == '\n' || detail.back() == '\r')) detail.pop_back();
   std::string msg = fmt::format("{}: registry {} answered {}{}{}", what, ref_.registry, r.status,
                                 detail.empty() ? "" : ": ", detail);
-  if (r.status == 404) throw not_found(msg);
+  if (r.status == 404)
+    throw not_found(fmt::format("{} not found: registry {} answered 404{}{}", what, ref_.registry,
+                                detail.empty() ? "" : ": ", detail));
   if (r.status == 401 || r.status == 403) throw Error(static_cast<int>(r.status), msg);
   throw Error(502, msg);
 }

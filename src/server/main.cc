@@ -186,6 +186,7 @@ int main(int argc, char** argv) {
                              "which image of an archive holding several (ref name or RepoTag)");
   import_archive->add_option("--platform", platform, "platform to pick from an index")
       ->capture_default_str();
+  add_data_dir(import_archive);
   for (auto* c : {bootstrap, import_rootfs, import_archive}) {
     c->add_option("--project", project, "owner project (with --private)");
     c->add_flag("--private", private_image, "visible to --project only instead of every project");

@@ -293,6 +293,31 @@ TEST_F(UnpackTest, SymlinkPlantedByALowerLayerIsRefused) {
       unpack_status("l2", make_tar({{.name = "etc/", .type = AE_IFDIR, .perm = 0755}}), &lower), 0);
 }
 
+// A layer that changes a directory's contents without describing the directory itself keeps
+// the lower layer's attributes for it (found by the OCI integration tests: /data lost 0750).
+TEST_F(UnpackTest, ImplicitDirectoryKeepsLowerAttributes) {
+  fs::path l0 = unpack("l0", make_tar({{.name = "data/", .type = AE_IFDIR, .uid = 1000,
+                                        .gid = 1000, .perm = 0750},
+                                       {.name = "data/gone", .content = "g"}}));
+  store::LayerView lower({l0}, 100000);
+  fs::path l1 = root_ / "l1";
+  make_dirs(l1);
+  fs::path file = root_ / "l1.tar";
+  write_file_atomic(file, make_tar({{.name = "data/.wh.gone"}, {.name = "data/sub/new", .content = "n"}}),
+                    false);
+  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  UnpackOptions opt;
+  opt.lower = &lower;
+  unpack_layer(fd.get(), l1, opt);
+  struct stat st;
+  ASSERT_EQ(::lstat((l1 / "data").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0750u);
+  EXPECT_EQ(st.st_uid, 101000u);
+  ASSERT_EQ(::lstat((l1 / "data/sub").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0755u);
+  EXPECT_EQ(st.st_uid, 100000u);
+}
+
 TEST_F(UnpackTest, PackUnpackRoundTripIsFaithfulAndReproducible) {
   std::string tar = make_tar({{.name = "etc/", .type = AE_IFDIR, .perm = 0755},
                               {.name = "etc/.wh.gone"},
