@@ -888,6 +888,8 @@ class TokenProxy:
     * `redirect_blobs`: GET of a blob answers 307 to /storage/<repo>/<digest> (no auth there,
       like a pre-signed URL) which streams the blob from upstream.
     * `delay`: seconds each blob GET (or storage GET) waits before answering; `rate`: bytes/s.
+    * `failures`: HTTP statuses (e.g. [503, 429]) answered, one each, to the next requests
+      under /v2/<repo>/ before anything else happens (to test retries).
     * `requests`: every request as a dict (kind, method, path, auth, authorized, status).
     """
 
@@ -901,6 +903,7 @@ class TokenProxy:
         self.delay = delay
         self.rate = rate
         self.expires_in = expires_in
+        self.failures = []
         self.requests = []
         self.tokens = {}  # token -> (expiry, set of (repo, action))
         self.lock = threading.Lock()
@@ -1084,6 +1087,15 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             return self.reply(404, b'{"errors":[{"code":"NOT_FOUND"}]}')
         m = _V2_RE.match(path)
         repo = m.group(1) if m else None
+        if repo and p.failures:
+            with p.lock:
+                status = p.failures.pop(0) if p.failures else None
+            if status:
+                self.drain()
+                self._entry = p.log(kind="v2", method=self.command, path=self.path,
+                                    auth=auth_kind, authorized=False, status=status)
+                return self.reply(status, b'{"errors":[{"code":"UNAVAILABLE"}]}',
+                                  {"Retry-After": "0"})
         action = "pull" if self.command in ("GET", "HEAD") else "push"
         token = auth[7:].strip() if auth_kind == "bearer" else None
         ok = token is not None and p.check(token, repo, action)

@@ -10,11 +10,12 @@ import stat
 import subprocess
 import tarfile
 import time
+import uuid
 
 import pytest
 
 from conftest import COPPICED
-from coppice_client import Client, stdout_of
+from coppice_client import Client, Server, stdout_of
 from oci_fixtures import (
     APP_EXPECT, HOSTILE_KINDS, OPAQUE_EXPECT, TokenProxy, base_layer, dir_tree, free_port,
     hostile_layer, image_tree, layers_of, need_tools, push_blob, push_image, push_layout,
@@ -437,6 +438,49 @@ def test_cancel_slow_import(client, registry, oci_images):
     assert client.request("DELETE", f"/v1/operations/{op}").status == 409
 
 
+def test_import_timeout(client, registry, oci_images):
+    push_unique(registry, oci_images, "tok/timeout", size=100_000)
+    with TokenProxy(registry, anonymous=True, delay=60) as p:
+        body = import_body(p.ref("tok/timeout", "1"), "oci/timeout:1")
+        body["timeout"] = 2
+        t0 = time.time()
+        done = client.wait(start_import(client, body), timeout=30)
+        assert done["status"] == "FAILED", done
+        assert "timed out" in done["error"], done
+        assert time.time() - t0 < 15
+    assert no_image_with_tag(client, "oci/timeout:1")
+
+
+def test_retries_on_429_and_5xx(client, registry, oci_images):
+    """Transient registry errors are retried with backoff; the import still succeeds."""
+    push_unique(registry, oci_images, "tok/flaky", size=10_000)
+    with TokenProxy(registry, anonymous=True) as p:
+        p.failures = [503, 429, 502]
+        done = client.wait(start_import(client, import_body(p.ref("tok/flaky", "1"), "oci/flaky:1")),
+                           timeout=60)
+        assert done["status"] == "SUCCESS", (done, p.requests)
+        assert [r["status"] for r in p.seen("v2")][:3] == [503, 429, 502]
+
+
+def test_registry_mirror(coppiced_bin, registry, oci_images):
+    """--registry-mirror docker.io=URL: docker.io references are pulled from the mirror."""
+    push_unique(registry, oci_images, "library/mirrored", size=10_000)
+    data = tempdir("coppice-it-mirror-")
+    os.chmod(data, 0o755)
+    srv = Server(coppiced_bin, data, ["--registry-mirror", f"docker.io={registry.url}"])
+    token = subprocess.run([coppiced_bin, "token", "create", "--project", "m", "--data-dir", data],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    srv.start()
+    try:
+        c = Client(srv.url, token)
+        done = c.wait(start_import(c, {"registry": {"url": "mirrored:1"}, "tag": "m:1"}), 60)
+        assert done["status"] == "SUCCESS", done
+        assert done["metadata"]["registry"]["url"] == "mirrored:1"
+    finally:
+        srv.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------------
 # reuse and re-import
 
@@ -637,6 +681,30 @@ def test_push_unpacks_with_umoci(client, registry, changed_app):
     try:
         rootfs = unpack_image(url, work)
         assert dir_tree(rootfs) == image_tree(client, changed_app)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_pushed_image_runs_under_runc(client, registry, changed_app):
+    """The pushed image is a real OCI image: umoci makes a runtime bundle, runc runs it."""
+    need_tools("skopeo", "umoci", "runc")
+    url = registry.ref("pushed/runc", "1")
+    assert client.wait(start_push(client, changed_app, url), 120)["status"] == "SUCCESS"
+    work = tempdir("coppice-oci-runc-")
+    try:
+        rootfs = unpack_image(url, work)
+        bundle = os.path.dirname(rootfs)
+        cfg_path = os.path.join(bundle, "config.json")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        cfg["process"]["terminal"] = False
+        cfg["process"]["args"] = ["/bin/sh", "-c", "cat /etc/app.conf /newdir/f; id -u"]
+        with open(cfg_path, "w") as f:
+            json.dump(cfg, f)
+        out = subprocess.run(["runc", "run", "--bundle", bundle, "coppice-it-" + uuid.uuid4().hex[:8]],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == "changed\nn\n0\n", out.stdout
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
