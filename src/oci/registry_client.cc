@@ -207,9 +207,23 @@ void RegistryClient::fail(const std::string& what, const HttpResponse& r) const 
   throw Error(502, msg);
 }
 
+void RegistryClient::ping() {
+  if (pinged_) return;
+  HttpRequest req;
+  req.url = endpoint() + "/v2/";
+  // send() answers a 401 challenge by authenticating for this repository's scope.
+  HttpResponse r = send(req);
+  if (r.status == 404)
+    throw Error(502, fmt::format("{} does not serve the registry API (/v2/ answered 404)",
+                                 endpoint()));
+  if (r.status != 200) fail("registry API check (/v2/)", r);
+  pinged_ = true;
+}
+
 RegistryClient::Document RegistryClient::get_manifest(const std::string& tag_or_digest) {
   for (;;) {
     try {
+      ping();
       HttpRequest req;
       req.url = repo_url("manifests/" + tag_or_digest);
       req.headers.push_back(std::string("Accept: ") + media::kAcceptManifests);
@@ -234,6 +248,7 @@ RegistryClient::Document RegistryClient::get_manifest(const std::string& tag_or_
                    e.what());
       ++current_;
       auth_.reset();
+      pinged_ = false;
     }
   }
 }
@@ -261,6 +276,7 @@ std::string RegistryClient::get_blob_bytes(const Descriptor& d, size_t max) {
 }
 
 bool RegistryClient::has_blob(const std::string& digest) {
+  ping();
   HttpRequest req;
   req.method = "HEAD";
   req.url = repo_url("blobs/" + digest);

@@ -48,6 +48,9 @@ class RegistryClient {
     std::string digest;      // sha256 of the bytes (verified against a pinned digest)
     std::string body;
   };
+  // GET /v2/: checks the endpoint speaks the registry API and authenticates when it answers
+  // with a challenge. Done once, before the first manifest or blob request.
+  void ping();
   // GET /v2/<repo>/manifests/<tag or digest>. 404 -> Error 404; auth failures -> 401/403.
   Document get_manifest(const std::string& tag_or_digest);
   // Streams a blob's bytes to `sink` (following redirects to blob storage). The caller
@@ -85,6 +88,7 @@ class RegistryClient {
   std::vector<std::string> endpoints_;  // mirror first when configured
   size_t current_ = 0;
   std::optional<std::string> auth_;  // the Authorization header value in use
+  bool pinged_ = false;  // ping() succeeded on the current endpoint
 };
 
 }  // namespace coppice::oci
