@@ -114,6 +114,22 @@ void fetch_and_unpack(ImageSource& src, const Descriptor& d, const fs::path& des
         fmt::format("layer {} is {} bytes, its descriptor says {}", d.digest, got_size, d.size));
 }
 
+// Fetches a blob only to check it hashes to its digest (proof that the source has it).
+void verify_blob(ImageSource& src, const Descriptor& d, ProgressReporter& rep) {
+  Sha256 h;
+  int64_t size = 0;
+  src.fetch_blob(d, [&](std::string_view chunk) {
+    size += static_cast<int64_t>(chunk.size());
+    if (size > d.size)
+      throw unprocessable(fmt::format("blob {} is larger than its descriptor says", d.digest));
+    h.update(chunk);
+    rep.add_bytes(chunk.size());
+  });
+  if ("sha256:" + h.hex_digest() != d.digest || size != d.size)
+    throw unprocessable(fmt::format("digest mismatch for layer {}", d.digest));
+  rep.update([&](ImportProgress& p) { p.bytes_done -= static_cast<uint64_t>(size); });
+}
+
 }  // namespace
 
 std::string layer_id_for(const std::string& digest) {
@@ -163,6 +179,9 @@ ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::Layer
     const Descriptor& d = img.manifest.layers[i];
     const std::string& id = ids[i];
     if (have(id)) {
+      // Another project's layer is reused only after this source proved it has the same bytes
+      // (a manifest can name any digest; naming one must not be enough to read its content).
+      if (!meta.project_has_layer(opt.project, id)) verify_blob(src, d, rep);
       rep.update([&](ImportProgress& p) {
         ++p.layers_done;
         ++p.layers_reused;

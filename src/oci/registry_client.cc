@@ -214,8 +214,8 @@ void RegistryClient::ping() {
   // send() answers a 401 challenge by authenticating for this repository's scope.
   HttpResponse r = send(req);
   if (r.status == 404)
-    throw Error(502, fmt::format("{} does not serve the registry API (/v2/ answered 404)",
-                                 endpoint()));
+    throw Error(502,
+                fmt::format("{} does not serve the registry API (/v2/ answered 404)", endpoint()));
   if (r.status != 200) fail("registry API check (/v2/)", r);
   pinged_ = true;
 }

@@ -88,7 +88,7 @@ class RegistryClient {
   std::vector<std::string> endpoints_;  // mirror first when configured
   size_t current_ = 0;
   std::optional<std::string> auth_;  // the Authorization header value in use
-  bool pinged_ = false;  // ping() succeeded on the current endpoint
+  bool pinged_ = false;              // ping() succeeded on the current endpoint
 };
 
 }  // namespace coppice::oci

@@ -32,6 +32,10 @@ class MetaStore {
   // The project's image with this exact tag, else the public one, else nullopt.
   virtual std::optional<ImageRecord> find_by_tag(const std::string& project,
                                                  const std::string& tag) = 0;
+  // True when a base or imported image (parent_uuid null) of `project`, or a public one, has
+  // `layer_id` in its stack: the project has shown it holds that layer's content, so an import
+  // may reuse the stored copy without fetching it again.
+  virtual bool project_has_layer(const std::string& project, const std::string& layer_id) = 0;
   // The project's newest imported image whose OCI manifest digest (config.oci.manifest_digest)
   // is `digest`, or nullopt: re-importing an unchanged image returns it.
   virtual std::optional<ImageRecord> find_by_source(const std::string& project,

@@ -261,6 +261,15 @@ class SqliteStore final : public MetaStore {
     return read_image(s);
   }
 
+  bool project_has_layer(const std::string& project, const std::string& layer_id) override {
+    std::lock_guard lk(mu_);
+    Stmt s(db_,
+           "SELECT 1 FROM images, json_each(images.layers) WHERE images.parent_uuid IS NULL AND "
+           "(images.project=? OR images.project='') AND json_each.value=? LIMIT 1");
+    s.bind(1, project).bind(2, layer_id);
+    return s.step();
+  }
+
   std::optional<ImageRecord> find_by_source(const std::string& project,
                                             const std::string& digest) override {
     std::lock_guard lk(mu_);

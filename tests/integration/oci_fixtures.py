@@ -890,6 +890,7 @@ class TokenProxy:
     * `delay`: seconds each blob GET (or storage GET) waits before answering; `rate`: bytes/s.
     * `failures`: HTTP statuses (e.g. [503, 429]) answered, one each, to the next requests
       under /v2/<repo>/ before anything else happens (to test retries).
+    * `deny_blobs`: digests whose blob GETs answer 404 (a registry naming blobs it cannot serve).
     * `requests`: every request as a dict (kind, method, path, auth, authorized, status).
     """
 
@@ -904,6 +905,7 @@ class TokenProxy:
         self.rate = rate
         self.expires_in = expires_in
         self.failures = []
+        self.deny_blobs = set()
         self.requests = []
         self.tokens = {}  # token -> (expiry, set of (repo, action))
         self.lock = threading.Lock()
@@ -1096,6 +1098,12 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                                     auth=auth_kind, authorized=False, status=status)
                 return self.reply(status, b'{"errors":[{"code":"UNAVAILABLE"}]}',
                                   {"Retry-After": "0"})
+        bm = _BLOB_GET_RE.match(path) if self.command == "GET" else None
+        if repo and bm and bm.group(2) in p.deny_blobs:
+            self.drain()
+            self._entry = p.log(kind="v2", method=self.command, path=self.path,
+                                auth=auth_kind, authorized=False, status=404)
+            return self.reply(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}')
         action = "pull" if self.command in ("GET", "HEAD") else "push"
         token = auth[7:].strip() if auth_kind == "bearer" else None
         ok = token is not None and p.check(token, repo, action)

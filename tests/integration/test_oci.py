@@ -523,6 +523,30 @@ def test_shared_base_layer_is_reused(client, registry, oci_images):
     assert stdout_of(client.run(b["result_image_uuid"], "ls /unique")) == "share_b-1\n"
 
 
+def test_layer_of_another_project_needs_proof_of_possession(client, other, registry, oci_images):
+    """A manifest naming a stored layer's digest is not enough to get that layer's content
+    into another project: the source must serve the bytes (the digest is then verified)."""
+    _, layer = push_unique(registry, oci_images, "xproj/app", size=4096)
+    done = do_import(client, registry.ref("xproj/app", "1"), "oci/xproj:1")
+    assert done["status"] == "SUCCESS", done
+    with TokenProxy(registry, anonymous=True) as p:
+        p.deny_blobs = {layer}
+        # beta never had the layer: the stored copy is not handed out.
+        op = other.wait(start_import(other, import_body(p.ref("xproj/app", "1"), "oci/stolen:1")),
+                        timeout=60)
+        assert op["status"] == "FAILED", op
+        assert no_image_with_tag(other, "oci/stolen:1")
+        # alpha already holds it: reused without fetching.
+        op = client.wait(start_import(client, import_body(p.ref("xproj/app", "1"), "oci/xproj:2")),
+                         timeout=60)
+        assert op["status"] == "SUCCESS", op
+    # With a source that has the bytes, beta imports fine and shares the stored layer.
+    op = other.wait(start_import(other, import_body(registry.ref("xproj/app", "1"), "oci/mine:1")),
+                    timeout=60)
+    assert op["status"] == "SUCCESS", op
+    assert op["metadata"]["layers_reused"] >= 1
+
+
 def test_imports_are_per_project(client, other, oci_images):
     op = do_import(client, oci_images.registry.ref(oci_images.zstd_repo, "1"), "oci/mine:1")
     assert op["status"] == "SUCCESS", op
