@@ -81,6 +81,7 @@ RegistryClient::RegistryClient(Reference ref, Credentials cred, const RegistryCo
       abort_(std::move(abort)),
       push_(push),
       http_(abort_) {
+  http_.set_max_body(4u << 20);  // manifests and error documents; blobs stream to sinks
   if (!push_) {
     auto m = cfg_.mirrors.find(ref_.registry);
     if (m != cfg_.mirrors.end()) {
@@ -227,9 +228,7 @@ RegistryClient::Document RegistryClient::get_manifest(const std::string& tag_or_
       HttpRequest req;
       req.url = repo_url("manifests/" + tag_or_digest);
       req.headers.push_back(std::string("Accept: ") + media::kAcceptManifests);
-      http_.set_max_body(4u << 20);
       HttpResponse r = send(req);
-      http_.set_max_body(16u << 20);
       if (r.status != 200) fail(fmt::format("manifest {}", ref_.str()), r);
       Document d;
       d.body = std::move(r.body);

@@ -541,7 +541,7 @@ def test_layer_of_another_project_needs_proof_of_possession(client, other, regis
                          timeout=60)
         assert op["status"] == "SUCCESS", op
     # With a source that has the bytes, beta imports fine and shares the stored layer.
-    op = other.wait(start_import(other, import_body(registry.ref("xproj/app", "1"), "oci/mine:1")),
+    op = other.wait(start_import(other, import_body(registry.ref("xproj/app", "1"), "oci/beta-own:1")),
                     timeout=60)
     assert op["status"] == "SUCCESS", op
     assert op["metadata"]["layers_reused"] >= 1
