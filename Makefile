@@ -45,6 +45,9 @@ asan: deps
 bench: build
 	./bench/run.sh $(BUILD)
 
+bench-oci: build
+	./bench/oci_import.sh $(BUILD)
+
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')
 

@@ -170,6 +170,8 @@ ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::Layer
       });
       res.image = *existing;
       res.existing = true;
+      spdlog::info("imported {}: unchanged, image {} already holds it ({:.1f} ms)", src.describe(),
+                   existing->uuid, (now_us() - t0) / 1e3);
       return res;
     }
   }
