@@ -27,6 +27,35 @@ namespace {
 
 constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+// A PENDING operation record of `kind`, created now.
+OperationRecord new_operation(const std::string& project, const std::string& kind) {
+  OperationRecord rec;
+  rec.uuid = new_uuid();
+  rec.project = project;
+  rec.kind = kind;
+  rec.status = "PENDING";
+  rec.created_us = now_us();
+  return rec;
+}
+
+// The abort check of an import or push: true once cancelled or past the deadline (then
+// `timed_out` says which).
+class TransferAbort {
+ public:
+  TransferAbort(LiveOperation& op, int64_t timeout_s)
+      : op_(op), deadline_(std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s)) {}
+  bool operator()() {
+    if (std::chrono::steady_clock::now() > deadline_) timed_out_ = true;
+    return timed_out_.load() || op_.cancel_token().cancelled();
+  }
+  bool timed_out() const { return timed_out_.load(); }
+
+ private:
+  LiveOperation& op_;
+  std::chrono::steady_clock::time_point deadline_;
+  std::atomic<bool> timed_out_{false};
+};
+
 bool is_terminal(const std::string& s) {
   return s == "SUCCESS" || s == "FAILED" || s == "CANCELLED";
 }
@@ -308,12 +337,7 @@ OperationRecord Engine::spawn(const std::string& project, const json& body) {
     if (!rec) throw not_found(fmt::format("file {} (for {}) not found", f.uuid, path));
     f.sha256 = rec->sha256;
   }
-  OperationRecord rec;
-  rec.uuid = new_uuid();
-  rec.project = project;
-  rec.kind = "instance";
-  rec.status = "PENDING";
-  rec.created_us = now_us();
+  OperationRecord rec = new_operation(project, "instance");
   rec.image_uuid = img.uuid;
   rec.metadata = req.to_json();
   rec.metadata["result"] = empty_instance_result();
@@ -341,12 +365,7 @@ OperationRecord Engine::import_image(const std::string& project, const json& bod
   ImportRequest req = parse_import_request(body, cfg_.max_import_timeout_s);
   if (req.archive_file && !meta_.get_file_by_uuid(project, *req.archive_file))
     throw not_found(fmt::format("file {} not found", *req.archive_file));
-  OperationRecord rec;
-  rec.uuid = new_uuid();
-  rec.project = project;
-  rec.kind = "image_import";
-  rec.status = "PENDING";
-  rec.created_us = now_us();
+  OperationRecord rec = new_operation(project, "image_import");
   rec.metadata = req.to_json();
   rec.metadata["result"] = {{"image", nullptr}, {"tag", nullptr}};
   enqueue(rec, Job{nullptr, {}, [this, req](const std::shared_ptr<LiveOperation>& op) {
@@ -379,12 +398,8 @@ void Engine::finish_failed_transfer(const std::shared_ptr<LiveOperation>& op, co
 void Engine::run_import(const std::shared_ptr<LiveOperation>& op, const ImportRequest& req) {
   const OperationRecord rec0 = op->record();
   op->set_status("EXECUTING");
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(req.timeout_s);
-  std::atomic<bool> timed_out{false};
-  oci::AbortCheck abort = [&] {
-    if (std::chrono::steady_clock::now() > deadline) timed_out = true;
-    return timed_out.load() || op->cancel_token().cancelled();
-  };
+  TransferAbort stop(*op, req.timeout_s);
+  oci::AbortCheck abort = [&] { return stop(); };
   oci::ImportOptions opt;
   opt.project = rec0.project;
   opt.tag = req.tag;
@@ -433,7 +448,7 @@ void Engine::run_import(const std::shared_ptr<LiveOperation>& op, const ImportRe
         std::nullopt);
   } catch (const Error& e) {
     scratch.reset();
-    finish_failed_transfer(op, e, timed_out.load(), req.timeout_s);
+    finish_failed_transfer(op, e, stop.timed_out(), req.timeout_s);
   } catch (const std::exception& e) {
     scratch.reset();
     finish_failed_transfer(op, Error(500, e.what()), false, req.timeout_s);
@@ -445,12 +460,7 @@ OperationRecord Engine::push_image(const std::string& project, const std::string
   auto img = find_image(project, image_uuid);
   if (!img) throw not_found(fmt::format("image not found: {}", image_uuid));
   PushRequest req = parse_push_request(body, cfg_.max_import_timeout_s);
-  OperationRecord rec;
-  rec.uuid = new_uuid();
-  rec.project = project;
-  rec.kind = "image_push";
-  rec.status = "PENDING";
-  rec.created_us = now_us();
+  OperationRecord rec = new_operation(project, "image_push");
   rec.image_uuid = img->uuid;
   rec.metadata = req.to_json();
   enqueue(rec, Job{nullptr, {}, [this, img = *img, req](const std::shared_ptr<LiveOperation>& op) {
@@ -463,12 +473,8 @@ OperationRecord Engine::push_image(const std::string& project, const std::string
 void Engine::run_push(const std::shared_ptr<LiveOperation>& op, const ImageRecord& img,
                       const PushRequest& req) {
   op->set_status("EXECUTING");
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(req.timeout_s);
-  std::atomic<bool> timed_out{false};
-  oci::AbortCheck abort = [&] {
-    if (std::chrono::steady_clock::now() > deadline) timed_out = true;
-    return timed_out.load() || op->cancel_token().cancelled();
-  };
+  TransferAbort stop(*op, req.timeout_s);
+  oci::AbortCheck abort = [&] { return stop(); };
   try {
     TempDir work(layers_.tmp_path("push-" + op->record().uuid));
     auto built = oci::build_image(
@@ -496,7 +502,7 @@ void Engine::run_push(const std::shared_ptr<LiveOperation>& op, const ImageRecor
         },
         std::nullopt);
   } catch (const Error& e) {
-    finish_failed_transfer(op, e, timed_out.load(), req.timeout_s);
+    finish_failed_transfer(op, e, stop.timed_out(), req.timeout_s);
   } catch (const std::exception& e) {
     finish_failed_transfer(op, Error(500, e.what()), false, req.timeout_s);
   }
