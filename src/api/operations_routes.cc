@@ -1,6 +1,8 @@
 // POST /v1/instances, /v1/operations[/{id}[/events]] (contract §2.6, §2.7, §3).
 #include <fmt/format.h>
 
+#include <limits>
+
 #include "api/api.h"
 #include "common/clock.h"
 #include "common/error.h"
@@ -60,11 +62,30 @@ void Api::operations(Exchange& ex) {
         throw bad_request("kind must be instance, image_import or image_push");
       f.kind = *k;
     }
+    // The store keeps an active operation as PENDING until it ends; its live state (ASSIGNED,
+    // EXECUTING) is in memory. So an active-status filter reads every active operation of the
+    // project, applies the filter to the live state, then pages.
+    const std::optional<std::string> want = f.status;
+    const bool active_filter =
+        want && (*want == "PENDING" || *want == "ASSIGNED" || *want == "EXECUTING");
+    const store::Page page = f.page;
+    if (active_filter) {
+      f.status = "PENDING";
+      f.page.offset = 0;
+      f.page.limit = std::numeric_limits<int64_t>::max();
+    }
     json arr = json::array();
+    int64_t skipped = 0;
     for (const auto& op : engine_.meta().list_operations(ex.project, f)) {
       // Active operations: report their live state.
       auto cur = op.finished_us ? std::optional(op) : engine_.operation(ex.project, op.uuid);
-      arr.push_back(operation_summary_json(cur ? *cur : op));
+      const auto& rec = cur ? *cur : op;
+      if (active_filter) {
+        if (rec.status != *want) continue;
+        if (skipped++ < page.offset) continue;
+        if (static_cast<int64_t>(arr.size()) >= page.limit) break;
+      }
+      arr.push_back(operation_summary_json(rec));
     }
     return ex.reply_json(200, arr);
   }

@@ -182,3 +182,20 @@ def test_per_run_resource_limits_extension(client, busybox):
     assert res["elapsed_time"] > 2 * cpu  # throttled to a fifth of a core
     assert client.post("/v1/instances", {"image": busybox, "command": "true",
                                          "resources_limits": {"cpus": 0}}).status == 400
+
+
+def test_list_filters_by_live_status(client, busybox):
+    """?status=EXECUTING finds running operations (the store keeps them PENDING until they
+    end; found by the CLI's `ps`)."""
+    op = client.spawn(busybox, "sleep 3")
+    deadline = time.time() + 10
+    while client.get(f"/v1/operations/{op}").json()["status"] != "EXECUTING":
+        assert time.time() < deadline
+        time.sleep(0.05)
+    running = client.get("/v1/operations", params={"status": "EXECUTING"}).json()
+    assert op in [o["uuid"] for o in running]
+    assert all(o["status"] == "EXECUTING" for o in running)
+    pending = client.get("/v1/operations", params={"status": "PENDING"}).json()
+    assert op not in [o["uuid"] for o in pending]
+    client.request("DELETE", f"/v1/operations/{op}")
+    client.wait(op)
