@@ -1,0 +1,11 @@
+// The `coppice` command line: global flags, every command group, and the error contract
+// (one line on stderr, non-zero exit, never a stack trace).
+#pragma once
+
+namespace coppice::cli {
+
+// Parses argv and runs the command; returns the process exit code (a `run`'s is the sandboxed
+// command's; 1 on errors, 2 on usage errors, 130 after Ctrl-C).
+int run_cli(int argc, char** argv);
+
+}  // namespace coppice::cli
