@@ -13,7 +13,7 @@ DEB_PACKAGES := build-essential cmake ninja-build pkg-config git \
   busybox-static python3 python3-pytest curl mmdebstrap \
   docker-registry umoci skopeo apache2-utils runc zstd
 
-.PHONY: deps build run test unit integration asan bench format clean
+.PHONY: deps build run test unit integration asan bench bench-cli bench-oci format clean
 
 deps:
 	@./scripts/install-deps.sh $(DEB_PACKAGES)
@@ -44,6 +44,9 @@ asan: deps
 
 bench: build
 	./bench/run.sh $(BUILD)
+
+bench-cli: build
+	/usr/bin/python3 bench/cli_bench.py $(BUILD)
 
 bench-oci: build
 	./bench/oci_import.sh $(BUILD)

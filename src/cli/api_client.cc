@@ -29,7 +29,7 @@ std::string shorten(std::string_view s, size_t max = 2000) {
 }
 
 // The server's message from a ConTree error body {"error": …}, else the raw body.
-std::string server_message(const oci::HttpResponse& r) {
+std::string server_message(const HttpResponse& r) {
   auto j = nlohmann::json::parse(r.body, nullptr, false);
   if (j.is_object() && j.contains("error")) {
     const auto& e = j["error"];
@@ -74,17 +74,16 @@ ApiClient::ApiClient(std::string base_url, std::string token)
         "invalid server URL '{}': it must look like http://HOST[:PORT][/PREFIX]", base_));
 }
 
-oci::HttpResponse ApiClient::request(const std::string& method, const std::string& path,
+HttpResponse ApiClient::request(const std::string& method, const std::string& path,
                                      const std::string& body, std::vector<std::string> headers,
-                                     const oci::BodySink* sink) {
-  oci::HttpRequest req;
+                                     const BodySink* sink) {
+  HttpRequest req;
   req.method = method;
   req.url = base_ + "/v1" + path;
   req.headers = std::move(headers);
   if (!token_.empty()) req.headers.push_back("Authorization: Bearer " + token_);
   req.headers.push_back("Expect:");  // no 100-continue round trip for large bodies
   req.body = body;
-  req.follow_redirects = false;
   auto t0 = std::chrono::steady_clock::now();
   bool json_body = !body.empty() && (body.front() == '{' || body.front() == '[');
   log_debug("> {} {}{}", method, req.url,
@@ -92,7 +91,7 @@ oci::HttpResponse ApiClient::request(const std::string& method, const std::strin
             : json_body  ? " " + shorten(body)
                          : fmt::format(" ({} bytes)", body.size()));
   deadline_hit_ = false;
-  oci::HttpResponse r;
+  HttpResponse r;
   try {
     r = http_.perform(req, sink);
   } catch (const Error& e) {
@@ -112,7 +111,7 @@ oci::HttpResponse ApiClient::request(const std::string& method, const std::strin
   return r;
 }
 
-void ApiClient::fail(const oci::HttpResponse& r, const std::string& what) const {
+void ApiClient::fail(const HttpResponse& r, const std::string& what) const {
   std::string hint;
   if (r.status == 401)
     hint = "; the token was refused: store a valid one with `coppice auth --url URL --token TOKEN`";

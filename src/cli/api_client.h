@@ -1,5 +1,5 @@
 // The CLI's view of a Coppice/ConTree server: `<base>/v1<path>` requests with the bearer token,
-// on one reused libcurl connection. Failures become one-line Errors that name what failed and
+// over cli::HttpTransport. Failures become one-line Errors that name what failed and
 // what to do (bad token, unreachable server, the server's own message).
 #pragma once
 
@@ -10,7 +10,7 @@
 #include <utility>
 #include <vector>
 
-#include "oci/http_client.h"
+#include "cli/http_transport.h"
 
 namespace coppice::cli {
 
@@ -28,9 +28,9 @@ class ApiClient {
 
   // Sends `method` to /v1`path` (which includes any query). HTTP error statuses are returned;
   // transport failures throw (see fail_transport). A 2xx body goes to `sink` when given.
-  oci::HttpResponse request(const std::string& method, const std::string& path,
+  HttpResponse request(const std::string& method, const std::string& path,
                             const std::string& body = "", std::vector<std::string> headers = {},
-                            const oci::BodySink* sink = nullptr);
+                            const BodySink* sink = nullptr);
 
   // JSON round trips that throw a described Error on any non-2xx. `what` says what the request
   // was for ("list images"); it prefixes the error.
@@ -39,7 +39,7 @@ class ApiClient {
                            const nlohmann::json& body, const std::string& what);
 
   // The Error for a non-2xx response: "WHAT: server message (HTTP n)" plus a hint for 401/403.
-  [[noreturn]] void fail(const oci::HttpResponse& r, const std::string& what) const;
+  [[noreturn]] void fail(const HttpResponse& r, const std::string& what) const;
 
   // While set, Ctrl-C (see interrupt.h) aborts transfers with Error 499.
   void set_interruptible(bool on) { interruptible_ = on; }
@@ -56,7 +56,7 @@ class ApiClient {
   bool interruptible_ = false;
   std::optional<std::chrono::steady_clock::time_point> deadline_;
   bool deadline_hit_ = false;
-  oci::HttpClient http_;
+  HttpTransport http_;
 };
 
 }  // namespace coppice::cli

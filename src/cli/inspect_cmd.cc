@@ -29,7 +29,7 @@ std::string inspect_path(const std::string& image, const std::string& what, cons
 
 // Streams a file of the image to `fd`; Error naming the path on any failure.
 void download(Context& ctx, const std::string& image, const std::string& path, int fd) {
-  oci::BodySink sink = [fd](std::string_view chunk) { write_all(chunk, fd); };
+  BodySink sink = [fd](std::string_view chunk) { write_all(chunk, fd); };
   auto r = ctx.api().request("GET", inspect_path(image, "download", path), "", {}, &sink);
   if (r.status < 200 || r.status >= 300) ctx.api().fail(r, "read " + path);
 }

@@ -21,7 +21,7 @@ bool terminal(const std::string& status) {
   return status == "SUCCESS" || status == "FAILED" || status == "CANCELLED";
 }
 
-int retry_after_ms(const oci::HttpResponse& r, int fallback) {
+int retry_after_ms(const HttpResponse& r, int fallback) {
   std::string v = r.header("retry-after");
   if (v.empty() || !std::all_of(v.begin(), v.end(), ::isdigit)) return fallback;
   return std::min(5000, std::stoi(v) * 1000);
@@ -91,11 +91,11 @@ OperationFollower::StreamEnd OperationFollower::stream_once(const EventHandler& 
     if (!j.is_object()) throw Error(502, "the event stream carried an event that is not JSON");
     handle(j, on_event);
   });
-  oci::BodySink sink = [&](std::string_view chunk) { parser.feed(chunk); };
+  BodySink sink = [&](std::string_view chunk) { parser.feed(chunk); };
   std::string path =
       fmt::format("/operations/{}/events{}", path_segment(op_),
                   query_string({{"follow", "1"}, {"since", std::to_string(last_id_)}}));
-  oci::HttpResponse r;
+  HttpResponse r;
   try {
     r = api_.request("GET", path, "", {"Accept: text/event-stream"}, &sink);
   } catch (const Error& e) {
