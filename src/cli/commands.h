@@ -19,7 +19,8 @@ void add_run_command(CLI::App& app, Context& ctx);       // run_cmd.cc: run
 void add_image_commands(CLI::App& app, Context& ctx);    // images_cmd.cc: images [import], tag
 void add_operation_commands(CLI::App& app,
                             Context& ctx);  // operations_cmd.cc: ps, kill, show, operation
-void add_inspect_commands(CLI::App& app, Context& ctx);  // inspect_cmd.cc: ls, cat, cp, cd
-void add_env_command(CLI::App& app, Context& ctx);       // env_cmd.cc: env
+void add_inspect_commands(CLI::App& app, Context& ctx);    // inspect_cmd.cc: ls, cat, cp, cd
+void add_env_command(CLI::App& app, Context& ctx);         // env_cmd.cc: env
+void add_completion_command(CLI::App& app, Context& ctx);  // completion_cmd.cc: completion
 
 }  // namespace coppice::cli

@@ -492,3 +492,26 @@ def test_images_import_with_progress(cli, busybox, registry):
     # a missing image fails in one line
     p = cli("images", "import", registry.ref("cli/none", "1"), check=False)
     assert "import of" in one_error_line(p) and "failed" in p.stderr.decode()
+
+
+def test_completion_scripts():
+    """`coppice completion bash|zsh` completes commands, subcommands and flags at every level."""
+    script = subprocess.run([COPPICE, "completion", "bash"], capture_output=True, text=True,
+                            check=True).stdout
+
+    def complete(*words):
+        w = " ".join(f"'{x}'" for x in words)
+        out = subprocess.run(["bash", "-c", script + f"\nCOMP_WORDS=(coppice {w}); "
+                              f"COMP_CWORD={len(words)}; _coppice; printf '%s\\n' \"${{COMPREPLY[@]}}\""],
+                             capture_output=True, text=True, check=True).stdout
+        return set(out.split())
+
+    assert "session" in complete("se")
+    assert {"branch", "checkout", "rollback"} <= complete("session", "")
+    assert "--file" in complete("run", "--fi")
+    assert "completion" in complete("comp")
+    zsh = subprocess.run([COPPICE, "completion", "zsh"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "bashcompinit" in zsh and "_coppice()" in zsh
+    bad = subprocess.run([COPPICE, "completion", "fish"], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1
