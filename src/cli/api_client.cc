@@ -75,8 +75,8 @@ ApiClient::ApiClient(std::string base_url, std::string token)
 }
 
 HttpResponse ApiClient::request(const std::string& method, const std::string& path,
-                                     const std::string& body, std::vector<std::string> headers,
-                                     const BodySink* sink) {
+                                const std::string& body, std::vector<std::string> headers,
+                                const BodySink* sink) {
   HttpRequest req;
   req.method = method;
   req.url = base_ + "/v1" + path;

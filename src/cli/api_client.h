@@ -29,8 +29,8 @@ class ApiClient {
   // Sends `method` to /v1`path` (which includes any query). HTTP error statuses are returned;
   // transport failures throw (see fail_transport). A 2xx body goes to `sink` when given.
   HttpResponse request(const std::string& method, const std::string& path,
-                            const std::string& body = "", std::vector<std::string> headers = {},
-                            const BodySink* sink = nullptr);
+                       const std::string& body = "", std::vector<std::string> headers = {},
+                       const BodySink* sink = nullptr);
 
   // JSON round trips that throw a described Error on any non-2xx. `what` says what the request
   // was for ("list images"); it prefixes the error.

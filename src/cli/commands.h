@@ -21,6 +21,7 @@ void add_operation_commands(CLI::App& app,
                             Context& ctx);  // operations_cmd.cc: ps, kill, show, operation
 void add_inspect_commands(CLI::App& app, Context& ctx);    // inspect_cmd.cc: ls, cat, cp, cd
 void add_env_command(CLI::App& app, Context& ctx);         // env_cmd.cc: env
+void add_file_commands(CLI::App& app, Context& ctx);       // file_cmd.cc: file cp|edit|ls
 void add_completion_command(CLI::App& app, Context& ctx);  // completion_cmd.cc: completion
 
 }  // namespace coppice::cli

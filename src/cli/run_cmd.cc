@@ -130,14 +130,14 @@ int run(Context& ctx, RunOptions& o) {
   if (!cwd.empty()) body["cwd"] = cwd;
   if (!o.hostname.empty()) body["hostname"] = o.hostname;
   if (o.preserve_env) body["preserve_env"] = true;
-  if (!o.files.empty()) {
-    json files = json::object();
-    for (const auto& spec : o.files) {
-      auto [path, fs] = prepare_file(ctx.api(), parse_file_spec(spec), cwd);
-      files[path] = fs;
-    }
-    body["files"] = files;
+  json files = json::object();
+  if (session)  // staged by `file cp` / `file edit`; -F wins for the same path
+    for (const auto& [path, fs] : ctx.sessions().staged_files(session->key)) files[path] = fs;
+  for (const auto& spec : o.files) {
+    auto [path, fs] = prepare_file(ctx.api(), parse_file_spec(spec), cwd);
+    files[path] = fs;
   }
+  if (!files.empty()) body["files"] = files;
 
   catch_interrupts();
   ApiClient& api = ctx.api();
@@ -151,6 +151,7 @@ int run(Context& ctx, RunOptions& o) {
   }
   std::string op = started.value("uuid", "");
   if (op.empty()) throw Error(502, "start the run: the server's answer has no operation uuid");
+  if (session) ctx.sessions().clear_staged_files(session->key);  // the run has them now
   if (o.detach) {
     api.set_interruptible(false);
     write_all(op + "\n");

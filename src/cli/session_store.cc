@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS session_env(
   key TEXT NOT NULL,
   value TEXT NOT NULL,
   PRIMARY KEY(session_key, key));
+CREATE TABLE IF NOT EXISTS session_files(
+  session_key TEXT NOT NULL,
+  instance_path TEXT NOT NULL,
+  spec TEXT NOT NULL,
+  PRIMARY KEY(session_key, instance_path));
 )";
 
 constexpr const char* kEntryColumns =
@@ -267,6 +272,28 @@ void SessionStore::unset_env(const std::string& key, const std::string& name) {
       .bind(1, key)
       .bind(2, name)
       .run();
+}
+
+std::map<std::string, nlohmann::json> SessionStore::staged_files(const std::string& key) {
+  std::map<std::string, nlohmann::json> out;
+  Statement s(db_, "SELECT instance_path, spec FROM session_files WHERE session_key = ?");
+  s.bind(1, key);
+  while (s.step()) out[s.text(0)] = nlohmann::json::parse(s.text(1), nullptr, false);
+  return out;
+}
+
+void SessionStore::stage_file(const std::string& key, const std::string& path,
+                              const nlohmann::json& spec) {
+  require(key);
+  Statement(db_, "INSERT OR REPLACE INTO session_files VALUES (?, ?, ?)")
+      .bind(1, key)
+      .bind(2, path)
+      .bind(3, spec.dump())
+      .run();
+}
+
+void SessionStore::clear_staged_files(const std::string& key) {
+  Statement(db_, "DELETE FROM session_files WHERE session_key = ?").bind(1, key).run();
 }
 
 bool SessionStore::remove(const std::string& key) {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -66,6 +67,11 @@ class SessionStore {
   std::map<std::string, std::string> env(const std::string& key);
   void set_env(const std::string& key, const std::string& name, const std::string& value);
   void unset_env(const std::string& key, const std::string& name);
+  // Files staged by `file cp`/`file edit` for the session's next run: sandbox path -> the
+  // spawn's FileSpec JSON ({uuid, mode, uid, gid}). The next started run takes them all.
+  std::map<std::string, nlohmann::json> staged_files(const std::string& key);
+  void stage_file(const std::string& key, const std::string& path, const nlohmann::json& spec);
+  void clear_staged_files(const std::string& key);
 
   // Deletes the session with its history, branches and environment; false if it did not exist.
   bool remove(const std::string& key);

@@ -515,3 +515,29 @@ def test_completion_scripts():
     assert "bashcompinit" in zsh and "_coppice()" in zsh
     bad = subprocess.run([COPPICE, "completion", "fish"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1
+
+
+def test_file_cp_edit_ls_stage_for_the_next_run(cli, busybox, tmp_path):
+    s = cli.use()
+    local = tmp_path / "conf.txt"
+    local.write_text("hello\n")
+    cli("file", "cp", str(local), "/etc/app.conf:u7:g8:m0600", session=s)
+    # a disposable run gets the staged file, and takes it: the next run no longer has it
+    out = cli.out("run", "-D", "--", "sh", "-c", "cat /etc/app.conf; stat -c '%a %u %g' "
+                  "/etc/app.conf", session=s)
+    assert out == "hello\n600 7 8\n"
+    p = cli("run", "--", "cat", "/etc/app.conf", session=s, check=False)
+    assert p.returncode != 0
+    # edit a file of the image with an editor command; the result is staged
+    cli("file", "edit", "/etc/passwd", "-E", "sed -i s/^root:/ROOT:/", session=s)
+    assert cli.out("run", "--", "head", "-c", "5", "/etc/passwd", session=s) == "ROOT:"
+    # an unchanged edit stages nothing
+    p = cli("file", "edit", "/etc/hostname", "-E", "true", session=s)
+    assert "unchanged" in p.stderr.decode()
+    # the server's files, in JSON and quiet forms
+    import hashlib
+    want = hashlib.sha256(b"hello\n").hexdigest()
+    rows = [json.loads(l) for l in cli.out("file", "ls", "-f", "json", session=s).splitlines()]
+    assert any(r["sha256"] == want for r in rows)
+    uuids = cli.out("file", "ls", "-q", session=s).split()
+    assert {r["uuid"] for r in rows} == set(uuids)
