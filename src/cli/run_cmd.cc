@@ -154,6 +154,9 @@ int run(Context& ctx, RunOptions& o) {
   if (session) ctx.sessions().clear_staged_files(session->key);  // the run has them now
   if (o.detach) {
     api.set_interruptible(false);
+    if (session)  // `coppice session wait` records it when it ends
+      ctx.sessions().add_pending(session->key,
+                                 {op, session->head->id, session->branch, title, o.disposable});
     write_all(op + "\n");
     return 0;
   }

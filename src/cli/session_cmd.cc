@@ -3,10 +3,12 @@
 //   coppice session list | use KEY | branch [NAME] [-U NAME] | checkout NAME | rollback [N]
 //                   | show [KEY] | delete KEY…
 #include <CLI/CLI.hpp>
+#include <algorithm>
 
 #include "cli/commands.h"
 #include "cli/context.h"
 #include "cli/history_graph.h"
+#include "cli/operation_follower.h"
 #include "common/error.h"
 #include "common/ids.h"
 
@@ -181,6 +183,36 @@ void add_session_commands(CLI::App& app, Context& ctx) {
                       {"image", "IMAGE"},
                       {"operation", "OPERATION"}},
                      f));
+  });
+
+  auto* wait = s->add_subcommand("wait", "Wait for the session's detached runs; record results");
+  auto wait_ops = std::make_shared<std::vector<std::string>>();
+  wait->add_option("OPS", *wait_ops, "operation uuids (default: every detached run)");
+  wait->callback([&ctx, wait_ops] {
+    auto info = ctx.session();
+    std::vector<PendingRun> todo;
+    for (auto& p : ctx.sessions().pending(info.key))
+      if (wait_ops->empty() ||
+          std::find(wait_ops->begin(), wait_ops->end(), p.operation) != wait_ops->end())
+        todo.push_back(std::move(p));
+    for (const auto& op : *wait_ops)
+      if (std::none_of(todo.begin(), todo.end(),
+                       [&](const PendingRun& p) { return p.operation == op; }))
+        throw not_found(
+            fmt::format("operation {} is not a detached run of session {}", op, info.key));
+    bool all_ok = true;
+    for (const auto& p : todo) {
+      OperationFollower follower(ctx.api(), p.operation);
+      OperationOutcome out = follower.follow([](const nlohmann::json&) {});
+      if (out.status == "SUCCESS" && !p.disposable && out.result_image)
+        ctx.sessions().record(info.key, *out.result_image, "run", p.title, p.operation, p.parent,
+                              p.branch);
+      ctx.sessions().remove_pending(p.operation);
+      all_ok = all_ok && out.status == "SUCCESS" && out.exit_code == 0;
+      say(fmt::format("{} {} exit {}{}", p.operation, out.status, out.exit_code,
+                      out.result_image && !p.disposable ? " -> " + *out.result_image : ""));
+    }
+    if (!all_ok) ctx.exit_code = 1;
   });
 
   auto* del = s->add_subcommand("delete", "Delete sessions (their local history only)");

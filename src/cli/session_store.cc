@@ -36,6 +36,13 @@ CREATE TABLE IF NOT EXISTS session_env(
   key TEXT NOT NULL,
   value TEXT NOT NULL,
   PRIMARY KEY(session_key, key));
+CREATE TABLE IF NOT EXISTS session_pending(
+  operation_uuid TEXT PRIMARY KEY,
+  session_key TEXT NOT NULL,
+  parent_id INTEGER,
+  branch TEXT NOT NULL,
+  title TEXT NOT NULL DEFAULT '',
+  disposable INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS session_files(
   session_key TEXT NOT NULL,
   instance_path TEXT NOT NULL,
@@ -290,6 +297,33 @@ void SessionStore::stage_file(const std::string& key, const std::string& path,
       .bind(2, path)
       .bind(3, spec.dump())
       .run();
+}
+
+void SessionStore::add_pending(const std::string& key, const PendingRun& p) {
+  require(key);
+  Statement(db_, "INSERT OR REPLACE INTO session_pending VALUES (?, ?, ?, ?, ?, ?)")
+      .bind(1, p.operation)
+      .bind(2, key)
+      .bind(3, p.parent)
+      .bind(4, p.branch)
+      .bind(5, p.title)
+      .bind(6, static_cast<int64_t>(p.disposable))
+      .run();
+}
+
+std::vector<PendingRun> SessionStore::pending(const std::string& key) {
+  std::vector<PendingRun> out;
+  Statement s(db_,
+              "SELECT operation_uuid, parent_id, branch, title, disposable FROM session_pending "
+              "WHERE session_key = ? ORDER BY rowid");
+  s.bind(1, key);
+  while (s.step())
+    out.push_back({s.text(0), s.integer(1), s.text(2), s.text(3), s.integer(4) != 0});
+  return out;
+}
+
+void SessionStore::remove_pending(const std::string& operation) {
+  Statement(db_, "DELETE FROM session_pending WHERE operation_uuid = ?").bind(1, operation).run();
 }
 
 void SessionStore::clear_staged_files(const std::string& key) {

@@ -21,6 +21,15 @@
 
 namespace coppice::cli {
 
+// A detached run: where its result goes once it ends.
+struct PendingRun {
+  std::string operation;
+  int64_t parent = 0;  // the history entry it started from
+  std::string branch;
+  std::string title;
+  bool disposable = false;
+};
+
 struct HistoryEntry {
   int64_t id = 0;
   std::string image;              // image uuid
@@ -72,6 +81,10 @@ class SessionStore {
   std::map<std::string, nlohmann::json> staged_files(const std::string& key);
   void stage_file(const std::string& key, const std::string& path, const nlohmann::json& spec);
   void clear_staged_files(const std::string& key);
+  // Runs started with --detach, for `session wait` to record when they end.
+  void add_pending(const std::string& key, const PendingRun& p);
+  std::vector<PendingRun> pending(const std::string& key);
+  void remove_pending(const std::string& operation);
 
   // Deletes the session with its history, branches and environment; false if it did not exist.
   bool remove(const std::string& key);

@@ -541,3 +541,19 @@ def test_file_cp_edit_ls_stage_for_the_next_run(cli, busybox, tmp_path):
     assert any(r["sha256"] == want for r in rows)
     uuids = cli.out("file", "ls", "-q", session=s).split()
     assert {r["uuid"] for r in rows} == set(uuids)
+
+
+def test_detached_runs_and_session_wait(cli, busybox):
+    s = cli.use()
+    op = cli.out("run", "-d", "--", "sh", "-c", "sleep 0.5; echo later > /later", session=s).strip()
+    assert len(op) == 36
+    p = cli("session", "wait", session=s)
+    assert op in p.stdout.decode() + p.stderr.decode()
+    # the result was recorded: the session now sees the file
+    assert cli.out("cat", "/later", session=s) == "later\n"
+    # a failing detached run makes `session wait` exit non-zero; nothing left to wait for after
+    cli("run", "-d", "--", "false", session=s)
+    assert cli("session", "wait", session=s, check=False).returncode == 1
+    assert cli("session", "wait", session=s).returncode == 0
+    bad = cli("session", "wait", "00000000-0000-4000-8000-000000000000", session=s, check=False)
+    one_error_line(bad)
