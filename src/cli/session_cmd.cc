@@ -4,6 +4,7 @@
 //                   | show [KEY] | delete KEY…
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <map>
 
 #include "cli/commands.h"
 #include "cli/context.h"
@@ -183,6 +184,40 @@ void add_session_commands(CLI::App& app, Context& ctx) {
                       {"image", "IMAGE"},
                       {"operation", "OPERATION"}},
                      f));
+  });
+
+  // log: the lineage of the current image (newest first), from the local session history.
+  auto* log = app.add_subcommand("log", "Show the lineage of the session's current image");
+  log->callback([&ctx] {
+    auto info = ctx.session();
+    std::map<int64_t, HistoryEntry> by_id;
+    for (auto& h : ctx.sessions().history(info.key)) by_id[h.id] = std::move(h);
+    std::vector<json> rows;
+    for (std::optional<int64_t> id = info.head->id; id && by_id.count(*id);
+         id = by_id[*id].parent) {
+      const HistoryEntry& h = by_id[*id];
+      rows.push_back({{"id", h.id},
+                      {"kind", h.kind},
+                      {"title", h.title},
+                      {"image", h.image},
+                      {"operation", h.operation},
+                      {"created_at", h.created_at}});
+    }
+    if (ctx.format() == Format::standard) {
+      std::string out;
+      for (const auto& r : rows)
+        out += fmt::format("#{} {} {}  {}\n    {}\n", r["id"].get<int64_t>(),
+                           r["kind"].get<std::string>(), r["image"].get<std::string>(),
+                           r["created_at"].get<std::string>(), r["title"].get<std::string>());
+      return write_all(out);
+    }
+    write_all(render(rows,
+                     {{"id", "ID"},
+                      {"kind", "KIND"},
+                      {"image", "IMAGE"},
+                      {"title", "TITLE"},
+                      {"created_at", "CREATED"}},
+                     ctx.format()));
   });
 
   auto* wait = s->add_subcommand("wait", "Wait for the session's detached runs; record results");

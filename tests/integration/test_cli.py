@@ -557,3 +557,16 @@ def test_detached_runs_and_session_wait(cli, busybox):
     assert cli("session", "wait", session=s).returncode == 0
     bad = cli("session", "wait", "00000000-0000-4000-8000-000000000000", session=s, check=False)
     one_error_line(bad)
+
+
+def test_log_shows_the_lineage(cli, busybox):
+    s = cli.use()
+    cli("run", "--", "sh", "-c", "echo 1 > /a", session=s)
+    cli("run", "--", "sh", "-c", "echo 2 >> /a", session=s)
+    rows = [json.loads(l) for l in cli.out("log", "-f", "json", session=s).splitlines()]
+    assert [r["kind"] for r in rows] == ["run", "run", "use"]
+    assert "echo 2" in rows[0]["title"]
+    cli("session", "rollback", "1", session=s)
+    rows = [json.loads(l) for l in cli.out("log", "-f", "json", session=s).splitlines()]
+    assert [r["kind"] for r in rows] == ["run", "use"]
+    assert "#" in cli.out("log", session=s)
