@@ -7,6 +7,7 @@ import os
 import pathlib
 import signal
 import stat
+import shutil
 import subprocess
 import time
 
@@ -570,3 +571,54 @@ def test_log_shows_the_lineage(cli, busybox):
     rows = [json.loads(l) for l in cli.out("log", "-f", "json", session=s).splitlines()]
     assert [r["kind"] for r in rows] == ["run", "use"]
     assert "#" in cli.out("log", session=s)
+
+
+def test_shell_repl_through_tmux(cli, busybox):
+    """`coppice shell` driven like a user would: tmux send-keys / capture-pane, tab completion
+    of a remote path, cd, a sandboxed command, history kept per session."""
+    if not shutil.which("tmux"):
+        pytest.skip("tmux is not installed")
+    s = cli.use()
+    name = "coppice-it-" + s.replace("+", "-")[-12:]
+    env = " ".join(f"{k}='{v}'" for k, v in cli.env.items() if k.startswith("COPPICE_"))
+    sock = ["tmux", "-L", name]
+    subprocess.run([*sock, "new-session", "-d", "-s", name, "-x", "150", "-y", "40",
+                    f"env {env} COPPICE_SESSION='{s}' {COPPICE} shell"], check=True)
+
+    def keys(*k):
+        subprocess.run([*sock, "send-keys", "-t", name, *k], check=True)
+
+    def screen_has(text, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            out = subprocess.run([*sock, "capture-pane", "-p", "-t", name], capture_output=True,
+                                 text=True).stdout
+            if text in out:
+                return out
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not on screen:\n{out}")
+
+    try:
+        screen_has("coppice:/$")
+        keys("echo hi > /x && echo done-1", "Enter")
+        screen_has("done-1")
+        keys("cd /etc", "Enter")
+        screen_has("coppice:/etc$")
+        keys("cat pass", "Tab")          # completes to "cat passwd" from the image's listing
+        screen_has("cat passwd")
+        keys("Enter")
+        screen_has("root:x:0:0")
+        keys("cat /x", "Enter")
+        screen_has("hi")
+        keys("exit", "Enter")
+        deadline = time.time() + 10
+        while subprocess.run([*sock, "has-session", "-t", name],
+                             capture_output=True).returncode == 0:
+            assert time.time() < deadline
+            time.sleep(0.1)
+    finally:
+        subprocess.run([*sock, "kill-server"], capture_output=True)
+    hist = (cli.home / "history" / s).read_text()
+    assert "cd\\040/etc" in hist or "cd /etc" in hist
+    # the run inside the shell advanced the session
+    assert cli.out("cat", "/x", session=s) == "hi\n"
