@@ -622,3 +622,44 @@ def test_shell_repl_through_tmux(cli, busybox):
     assert "cd\\040/etc" in hist or "cd /etc" in hist
     # the run inside the shell advanced the session
     assert cli.out("cat", "/x", session=s) == "hi\n"
+
+
+def test_build_a_dockerfile_with_step_cache(cli, busybox, tmp_path):
+    ctxdir = tmp_path / "ctx"
+    (ctxdir / "conf").mkdir(parents=True)
+    (ctxdir / "hello.txt").write_text("from the context\n")
+    (ctxdir / "conf" / "a.ini").write_text("a=1\n")
+    (ctxdir / "Dockerfile").write_text(
+        "# a comment\n"
+        "FROM busybox:latest\n"
+        "ARG GREETING=hello\n"
+        "ENV NAME=world\n"
+        "WORKDIR /app\n"
+        "COPY hello.txt ./\n"
+        "COPY conf /etc/conf\n"
+        "RUN echo \"$GREETING $NAME\" > out.txt && \\\n"
+        "    cat hello.txt >> out.txt\n"
+        "USER 1000\n"
+        "RUN id -u > /tmp/uid\n"
+        "CMD [\"sh\"]\n")
+    s = cli.use()
+    p = cli("build", str(ctxdir), "--tag", "built:1", "--build-arg", "GREETING=hi", session=s,
+            timeout=120)
+    img = p.stdout.decode().strip()
+    assert len(img) == 36, p
+    assert "Step 10/10" in p.stderr.decode()
+    cli("use", "built:1", session=s)
+    assert cli.out("cat", "/app/out.txt", session=s) == "hi world\nfrom the context\n"
+    assert cli.out("cat", "/etc/conf/a.ini", session=s) == "a=1\n"
+    assert cli.out("cat", "/tmp/uid", session=s) == "1000\n"
+    # again: every snapshot step comes from the cache, same result
+    p = cli("build", str(ctxdir), "--build-arg", "GREETING=hi", session=s, timeout=120)
+    assert p.stdout.decode().strip() == img
+    assert p.stderr.decode().count("using cache") == 5
+    # a changed file reruns from its COPY on; the steps before it stay cached
+    (ctxdir / "hello.txt").write_text("changed\n")
+    p = cli("build", str(ctxdir), "--build-arg", "GREETING=hi", session=s, timeout=120)
+    assert p.stdout.decode().strip() != img
+    assert p.stderr.decode().count("using cache") == 1
+    bad = cli("build", str(tmp_path / "nowhere"), session=s, check=False)
+    one_error_line(bad)
