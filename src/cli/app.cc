@@ -47,6 +47,7 @@ int run_cli(int argc, char** argv) {
   add_inspect_commands(app, ctx);
   add_env_command(app, ctx);
   add_file_commands(app, ctx);
+  add_diff_command(app, ctx);
   add_build_command(app, ctx);
   add_shell_command(app, ctx);
   add_completion_command(app, ctx);

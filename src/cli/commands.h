@@ -22,6 +22,7 @@ void add_operation_commands(CLI::App& app,
 void add_inspect_commands(CLI::App& app, Context& ctx);    // inspect_cmd.cc: ls, cat, cp, cd
 void add_env_command(CLI::App& app, Context& ctx);         // env_cmd.cc: env
 void add_file_commands(CLI::App& app, Context& ctx);       // file_cmd.cc: file cp|edit|ls
+void add_diff_command(CLI::App& app, Context& ctx);        // diff_cmd.cc: diff A [B]
 void add_build_command(CLI::App& app, Context& ctx);       // build_cmd.cc: build (Dockerfile)
 void add_shell_command(CLI::App& app, Context& ctx);       // shell_cmd.cc: shell (REPL)
 void add_completion_command(CLI::App& app, Context& ctx);  // completion_cmd.cc: completion

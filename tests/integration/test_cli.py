@@ -663,3 +663,17 @@ def test_build_a_dockerfile_with_step_cache(cli, busybox, tmp_path):
     assert p.stderr.decode().count("using cache") == 1
     bad = cli("build", str(tmp_path / "nowhere"), session=s, check=False)
     one_error_line(bad)
+
+
+def test_diff_between_images(cli, busybox):
+    s = cli.use()
+    base = cli.out("session", "show", "-f", "json", session=s)
+    base_img = json.loads(base.splitlines()[0])["image"]
+    cli("run", "-s", "--", "echo new > /added; rm /etc/hostname; echo x >> /etc/passwd; "
+        "mkdir -p /d/e; echo f > /d/e/f", session=s)
+    out = cli.out("diff", base_img, session=s)
+    lines = set(out.splitlines())
+    assert {"A /added", "D /etc/hostname", "M /etc/passwd", "A /d"} <= lines, out
+    rows = [json.loads(l) for l in cli.out("diff", base_img, "-f", "json", session=s).splitlines()]
+    assert {"change": "D", "path": "/etc/hostname"} in rows
+    assert cli.out("diff", base_img, base_img, session=s) == ""
