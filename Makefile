@@ -11,9 +11,9 @@ DEB_PACKAGES := build-essential cmake ninja-build pkg-config git \
   libseccomp-dev libarchive-dev libre2-dev libspdlog-dev libfmt-dev libcli11-dev \
   libcurl4-openssl-dev libgtest-dev libgmock-dev libbenchmark-dev clang-format \
   busybox-static python3 python3-pytest curl mmdebstrap \
-  docker-registry umoci skopeo apache2-utils runc zstd libedit2 tmux
+  docker-registry umoci skopeo apache2-utils runc zstd libedit2 tmux nodejs
 
-.PHONY: deps build run test unit integration asan bench bench-cli bench-oci format clean
+.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci format clean
 
 deps:
 	@./scripts/install-deps.sh $(DEB_PACKAGES)
@@ -29,9 +29,16 @@ run: build
 	./scripts/run-server.sh $(BUILD)/coppiced $(DATA) $(LISTEN)
 
 # Every test: unit tests (GoogleTest), then integration tests against the real server (pytest).
-test: build
+test: build mcp-test-deps
 	cd $(BUILD) && ctest --output-on-failure
 	COPPICED=$(CURDIR)/$(BUILD)/coppiced /usr/bin/python3 -m pytest -q tests/integration
+
+# The MCP tests drive `coppice mcp` with the official MCP TypeScript SDK from npm (pinned in
+# tests/mcp/package-lock.json). npm comes with nodejs, or from Debian's npm package.
+mcp-test-deps: deps
+	@command -v npm >/dev/null || ./scripts/install-deps.sh npm
+	@[ -d tests/mcp/node_modules/@modelcontextprotocol/sdk ] || \
+	  (cd tests/mcp && npm ci --no-audit --no-fund --loglevel=error)
 
 unit: build
 	$(BUILD)/coppice_unit_tests

@@ -58,7 +58,7 @@ std::string path_segment(std::string_view s) {
 
 ApiClient::ApiClient(std::string base_url, std::string token)
     : base_(std::move(base_url)), token_(std::move(token)), http_([this] {
-        if (interruptible_ && interrupted()) return true;
+        if (aborted()) return true;
         if (deadline_ && std::chrono::steady_clock::now() > *deadline_) {
           deadline_hit_ = true;
           return true;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "cli/http_transport.h"
+#include "cli/interrupt.h"
 
 namespace coppice::cli {
 
@@ -43,6 +45,12 @@ class ApiClient {
 
   // While set, Ctrl-C (see interrupt.h) aborts transfers with Error 499.
   void set_interruptible(bool on) { interruptible_ = on; }
+  // Another abort condition, polled while waiting on the network (the MCP server's per-request
+  // cancellation); true aborts the transfer with Error 499.
+  void set_abort(std::function<bool()> abort) { abort_ = std::move(abort); }
+  const std::function<bool()>& abort_check() const { return abort_; }
+  bool aborted() const { return (interruptible_ && interrupted()) || (abort_ && abort_()); }
+
   // Transfers started after this abort with Error 504 once `deadline` passes (health probes).
   void set_deadline(std::optional<std::chrono::steady_clock::time_point> deadline) {
     deadline_ = deadline;
@@ -54,6 +62,7 @@ class ApiClient {
   std::string base_;
   std::string token_;
   bool interruptible_ = false;
+  std::function<bool()> abort_;
   std::optional<std::chrono::steady_clock::time_point> deadline_;
   bool deadline_hit_ = false;
   HttpTransport http_;

@@ -26,7 +26,7 @@ void add_global_options(CLI::App& app, GlobalOptions& o) {
   app.add_option("-S,--session", o.session, "session key (env COPPICE_SESSION)");
 }
 
-int run_cli(int argc, char** argv) {
+int run_cli(int argc, char** argv, const std::vector<CommandRegistrar>& extra) {
   Context ctx;
   CLI::App app{"coppice: git-like sandboxes on a Coppice (ConTree-compatible) server", "coppice"};
   app.set_version_flag("-v,--version", "coppice " COPPICE_VERSION);
@@ -50,6 +50,7 @@ int run_cli(int argc, char** argv) {
   add_diff_command(app, ctx);
   add_build_command(app, ctx);
   add_shell_command(app, ctx);
+  for (auto add : extra) add(app, ctx);
   add_completion_command(app, ctx);
 
   // `coppice … run [OPTIONS] -- CMD…`: everything after the first `--` is the command.

@@ -61,23 +61,27 @@ FileSpec parse_file_spec(const std::string& spec) {
 }
 
 std::string ensure_uploaded(ApiClient& api, const std::string& host_path) {
-  std::string data = read_file(host_path);
-  std::string sha = sha256_hex(data);
+  return ensure_uploaded_bytes(api, read_file(host_path), host_path);
+}
+
+std::string ensure_uploaded_bytes(ApiClient& api, const std::string& data, const std::string& what,
+                                  std::string sha) {
+  if (sha.empty()) sha = sha256_hex(data);
   auto r = api.request("GET", "/files/" + sha);
   if (r.status >= 200 && r.status < 300) {
     auto j = nlohmann::json::parse(r.body, nullptr, false);
     if (j.is_object() && j.contains("uuid") && j["uuid"].is_string()) {
-      log_debug("{} is already on the server (sha256 {})", host_path, sha);
+      log_debug("{} is already on the server (sha256 {})", what, sha);
       return j["uuid"];
     }
   } else if (r.status != 404) {
-    api.fail(r, "look up " + host_path + " on the server");
+    api.fail(r, "look up " + what + " on the server");
   }
   auto up = api.request("POST", "/files", data, {"Content-Type: application/octet-stream"});
-  if (up.status < 200 || up.status >= 300) api.fail(up, "upload " + host_path);
+  if (up.status < 200 || up.status >= 300) api.fail(up, "upload " + what);
   auto j = nlohmann::json::parse(up.body, nullptr, false);
   if (!j.is_object() || !j.contains("uuid") || !j["uuid"].is_string())
-    throw Error(502, "upload " + host_path + ": the server's answer has no file uuid");
+    throw Error(502, "upload " + what + ": the server's answer has no file uuid");
   return j["uuid"];
 }
 

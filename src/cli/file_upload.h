@@ -23,6 +23,9 @@ FileSpec parse_file_spec(const std::string& spec);
 
 // Uploads (once) and returns the uuid of the server's file with these bytes.
 std::string ensure_uploaded(ApiClient& api, const std::string& host_path);
+// The same for bytes in memory; `what` names them in errors. `sha256` may be passed when known.
+std::string ensure_uploaded_bytes(ApiClient& api, const std::string& data, const std::string& what,
+                                  std::string sha256 = "");
 
 // Uploads `spec` and returns {absolute remote path, FileSpec JSON for the spawn's `files`}.
 // Relative remote paths start at `cwd` ("/" when empty).

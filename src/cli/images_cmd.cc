@@ -8,6 +8,7 @@
 
 #include "cli/commands.h"
 #include "cli/context.h"
+#include "cli/image_ref.h"
 #include "cli/interrupt.h"
 #include "cli/operation_follower.h"
 #include "common/error.h"
@@ -30,23 +31,6 @@ struct ImportOptions {
   int timeout = 300;
   bool detach = false;
 };
-
-// docker://HOST/PATH:TAG → PATH:TAG without the registry host and `library/` (the tag an
-// import gets by default, as ConTree's SDK derives it).
-std::string default_tag(std::string ref) {
-  if (auto s = ref.find("://"); s != std::string::npos) ref = ref.substr(s + 3);
-  if (auto slash = ref.find('/'); slash != std::string::npos) {
-    std::string first = ref.substr(0, slash);
-    if (first.find_first_of(".:") != std::string::npos || first == "localhost")
-      ref = ref.substr(slash + 1);
-  }
-  if (ref.rfind("library/", 0) == 0) ref = ref.substr(8);
-  if (auto at = ref.find('@'); at != std::string::npos) return ref.substr(0, at);
-  auto last_slash = ref.rfind('/');
-  if (ref.find(':', last_slash == std::string::npos ? 0 : last_slash) == std::string::npos)
-    ref += ":latest";
-  return ref;
-}
 
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};

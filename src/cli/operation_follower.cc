@@ -44,13 +44,14 @@ std::string event_bytes(const json& data) {
   return value;
 }
 
-void interruptible_sleep(int ms) {
+void interruptible_sleep(int ms, const ApiClient* api) {
+  auto stop = [api] { return interrupted() || (api && api->aborted()); };
   auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
   while (std::chrono::steady_clock::now() < until) {
-    if (interrupted()) throw Error(499, "interrupted");
+    if (stop()) throw Error(499, "interrupted");
     std::this_thread::sleep_for(std::chrono::milliseconds(std::min(ms, 20)));
   }
-  if (interrupted()) throw Error(499, "interrupted");
+  if (stop()) throw Error(499, "interrupted");
 }
 
 void OperationFollower::handle(const json& ev, const EventHandler& on_event) {
@@ -136,7 +137,7 @@ OperationOutcome OperationFollower::follow(const EventHandler& on_event) {
       }
       wait_ms = std::min(2000, 100 << failures);
     }
-    interruptible_sleep(wait_ms);
+    interruptible_sleep(wait_ms, &api_);
   }
   return outcome_;
 }
@@ -148,7 +149,7 @@ OperationOutcome OperationFollower::poll(const EventHandler& on_event) {
     op = api_.get_json(fmt::format("/operations/{}", path_segment(op_)),
                        fmt::format("read operation {}", op_));
     if (terminal(op.value("status", ""))) break;
-    interruptible_sleep(delay);
+    interruptible_sleep(delay, &api_);
     delay = std::min(1000, delay * 2);
   }
   const json meta = op.value("metadata", json::object());

@@ -51,7 +51,8 @@ class OperationFollower {
   OperationOutcome outcome_;
 };
 
-// Sleeps `ms`, waking early to throw Error 499 when interrupted.
-void interruptible_sleep(int ms);
+// Sleeps `ms`, waking early to throw Error 499 when interrupted (Ctrl-C, or `api`'s abort
+// condition when given).
+void interruptible_sleep(int ms, const ApiClient* api = nullptr);
 
 }  // namespace coppice::cli

@@ -1,0 +1,19 @@
+// `coppice mcp`: the MCP server command (registered by src/cli_main/main.cc).
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace coppice::cli {
+class Context;
+}
+
+namespace coppice::mcp {
+
+//   coppice mcp                         MCP over stdio
+//   coppice mcp --http [--listen A:P]   MCP over streamable HTTP (default 127.0.0.1:9452)
+// The server URL and token come from the CLI's flags, COPPICE_* variables or profile.
+void add_mcp_command(CLI::App& app, cli::Context& ctx);
+
+}  // namespace coppice::mcp

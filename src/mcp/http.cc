@@ -1,0 +1,266 @@
+// MCP streamable HTTP (spec 2025-11-25 "Transports"), on Boost.Beast with one thread per
+// connection. Sessions: `initialize` creates one and answers with Mcp-Session-Id; later
+// requests must carry it (400 without, 404 when unknown or ended).
+#include <fmt/format.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <iostream>
+#include <set>
+
+#include "cli/log.h"
+#include "common/error.h"
+#include "common/ids.h"
+#include "mcp/jsonrpc.h"
+#include "mcp/transport.h"
+#include "mcp/worker_set.h"
+
+namespace coppice::mcp {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+constexpr size_t kMaxBody = 32 * 1024 * 1024;
+
+struct Sessions {
+  std::mutex mu;
+  std::set<std::string> live;
+  std::string create() {
+    std::string id = random_hex(16);
+    std::lock_guard lock(mu);
+    live.insert(id);
+    return id;
+  }
+  bool has(const std::string& id) {
+    std::lock_guard lock(mu);
+    return live.count(id) > 0;
+  }
+  bool erase(const std::string& id) {
+    std::lock_guard lock(mu);
+    return live.erase(id) > 0;
+  }
+};
+
+bool loopback_origin(const std::string& origin) {
+  // scheme://host[:port]
+  auto p = origin.find("://");
+  std::string host = p == std::string::npos ? origin : origin.substr(p + 3);
+  if (host.rfind("[::1]", 0) == 0) return true;
+  host = host.substr(0, host.find(':'));
+  return host == "localhost" || host == "127.0.0.1" || host.rfind("127.", 0) == 0;
+}
+
+std::string docs_page(const McpServer& server) {
+  std::string rows;
+  auto esc = [](std::string s) {
+    std::string o;
+    for (char c : s)
+      o += c == '<' ? "&lt;" : c == '>' ? "&gt;" : c == '&' ? "&amp;" : std::string(1, c);
+    return o;
+  };
+  for (const auto& t : server.tools())
+    rows += fmt::format("<tr><td><code>{}</code></td><td>{}</td></tr>\n", esc(t.name),
+                        esc(t.description));
+  return fmt::format(
+      "<!doctype html><html><head><meta charset=\"utf-8\"><title>Coppice MCP</title></head><body>"
+      "<h1>Coppice MCP server</h1><p>Streamable HTTP endpoint: <code>POST /mcp</code> (MCP {}).</p>"
+      "<table border=\"1\" cellpadding=\"4\"><tr><th>tool</th><th>what it "
+      "does</th></tr>\n{}</table>"
+      "</body></html>\n",
+      supported_protocol_versions().front(), rows);
+}
+
+using Request = http::request<http::string_body>;
+using Response = http::response<http::string_body>;
+
+Response plain(const Request& req, http::status s, const std::string& body,
+               const std::string& type = "application/json") {
+  Response r{s, req.version()};
+  r.set(http::field::server, "coppice-mcp");
+  r.set(http::field::content_type, type);
+  r.keep_alive(req.keep_alive());
+  r.body() = body;
+  r.prepare_payload();
+  return r;
+}
+
+Response rpc_failure(const Request& req, http::status s, int code, const std::string& msg) {
+  return plain(req, s, rpc_error(nullptr, code, msg).dump());
+}
+
+// Writes an SSE response by hand: the head, one `message` event per notification as they
+// happen, then the response; the connection closes after it.
+class SseWriter {
+ public:
+  SseWriter(tcp::socket& sock, const std::string& session) : sock_(sock), session_(session) {}
+  void event(const json& m) {
+    std::lock_guard lock(mu_);
+    if (!head_sent_) {
+      std::string head =
+          "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+          "Connection: close\r\n";
+      if (!session_.empty()) head += "Mcp-Session-Id: " + session_ + "\r\n";
+      send(head + "\r\n");
+      head_sent_ = true;
+    }
+    send("event: message\ndata: " + m.dump(-1, ' ', false, json::error_handler_t::replace) +
+         "\n\n");
+  }
+
+ private:
+  void send(const std::string& s) {
+    boost::system::error_code ec;
+    asio::write(sock_, asio::buffer(s), ec);
+  }
+  std::mutex mu_;
+  tcp::socket& sock_;
+  std::string session_;
+  bool head_sent_ = false;
+};
+
+// Handles one request; returns false when the connection must close.
+bool serve_one(McpServer& server, Sessions& sessions, tcp::socket& sock, const Request& req) {
+  auto reply = [&](Response r) {
+    boost::system::error_code ec;
+    http::write(sock, r, ec);
+    return !ec && r.keep_alive();
+  };
+  std::string target(req.target());
+  std::string path = target.substr(0, target.find('?'));
+  std::string origin(req[http::field::origin]);
+  if (!origin.empty() && !loopback_origin(origin))
+    return reply(rpc_failure(req, http::status::forbidden, kInvalidRequest,
+                             "origin " + origin + " is not allowed"));
+  if (path == "/" && req.method() == http::verb::get)
+    return reply(plain(req, http::status::ok, docs_page(server), "text/html; charset=utf-8"));
+  if (path != "/mcp")
+    return reply(plain(req, http::status::not_found, R"({"error":"not found: use /mcp"})"));
+
+  std::string session(req["mcp-session-id"]);
+  if (req.method() == http::verb::delete_) {
+    if (session.empty())
+      return reply(rpc_failure(req, http::status::bad_request, kInvalidRequest,
+                               "Mcp-Session-Id header required"));
+    if (!sessions.erase(session))
+      return reply(rpc_failure(req, http::status::not_found, kInvalidRequest, "unknown session"));
+    server.end_session(session);
+    return reply(plain(req, http::status::ok, ""));
+  }
+  if (req.method() != http::verb::post) {
+    Response r = plain(
+        req, http::status::method_not_allowed,
+        R"({"error":"this server offers no server-initiated stream; POST requests to /mcp"})");
+    r.set(http::field::allow, "POST, DELETE");
+    return reply(std::move(r));
+  }
+  std::string ctype(req[http::field::content_type]);
+  if (ctype.rfind("application/json", 0) != 0)
+    return reply(rpc_failure(req, http::status::unsupported_media_type, kInvalidRequest,
+                             "Content-Type must be application/json"));
+  json msg = json::parse(req.body(), nullptr, false);
+  if (msg.is_discarded())
+    return reply(
+        rpc_failure(req, http::status::bad_request, kParseError, "parse error: not valid JSON"));
+
+  bool is_init = msg.is_object() && msg.value("method", "") == "initialize";
+  if (is_init) {
+    session = sessions.create();
+  } else {
+    if (session.empty())
+      return reply(rpc_failure(req, http::status::bad_request, kInvalidRequest,
+                               "Mcp-Session-Id header required (initialize first)"));
+    if (!sessions.has(session))
+      return reply(rpc_failure(req, http::status::not_found, kInvalidRequest,
+                               "unknown or ended session: initialize again"));
+    std::string pv(req["mcp-protocol-version"]);
+    const auto& v = supported_protocol_versions();
+    if (!pv.empty() && std::find(v.begin(), v.end(), pv) == v.end())
+      return reply(rpc_failure(req, http::status::bad_request, kInvalidRequest,
+                               "unsupported MCP-Protocol-Version " + pv));
+  }
+  auto has_requests = [](const json& m) {
+    auto is_req = [](const json& x) {
+      return x.is_object() && x.contains("method") && x.contains("id");
+    };
+    if (m.is_array()) return std::any_of(m.begin(), m.end(), is_req);
+    return is_req(m);
+  };
+  if (!has_requests(msg)) {  // notifications and responses: accepted, nothing to answer
+    server.handle(msg, session, nullptr);
+    Response r = plain(req, http::status::accepted, "");
+    return reply(std::move(r));
+  }
+  std::string accept(req[http::field::accept]);
+  bool wants_progress = msg.is_object() && msg.contains("params") && msg["params"].is_object() &&
+                        msg["params"].contains("_meta") && msg["params"]["_meta"].is_object() &&
+                        msg["params"]["_meta"].contains("progressToken");
+  if (wants_progress && accept.find("text/event-stream") != std::string::npos) {
+    SseWriter sse(sock, session);
+    auto r = server.handle(msg, session, [&sse](const json& m) { sse.event(m); });
+    if (r) sse.event(*r);
+    return false;
+  }
+  auto r = server.handle(msg, session, nullptr);
+  if (!r) return reply(plain(req, http::status::accepted, ""));
+  Response out =
+      plain(req, http::status::ok, r->dump(-1, ' ', false, json::error_handler_t::replace));
+  if (is_init) out.set("Mcp-Session-Id", session);
+  return reply(std::move(out));
+}
+
+void serve_connection(McpServer& server, Sessions& sessions, tcp::socket& sock) {
+  beast::flat_buffer buf;
+  for (;;) {
+    http::request_parser<http::string_body> parser;
+    parser.body_limit(kMaxBody);
+    boost::system::error_code ec;
+    http::read(sock, buf, parser, ec);
+    if (ec) return;
+    if (!serve_one(server, sessions, sock, parser.get())) break;
+  }
+  boost::system::error_code ec;
+  sock.shutdown(tcp::socket::shutdown_both, ec);
+}
+
+}  // namespace
+
+void serve_http(McpServer& server, const std::string& listen) {
+  auto colon = listen.rfind(':');
+  if (colon == std::string::npos)
+    throw bad_request("--listen must be ADDR:PORT, e.g. 127.0.0.1:9452");
+  std::string host = listen.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[') host = host.substr(1, host.size() - 2);
+  unsigned short port = static_cast<unsigned short>(std::stoi(listen.substr(colon + 1)));
+  asio::io_context io;
+  boost::system::error_code ec;
+  auto addr = asio::ip::make_address(host, ec);
+  if (ec) throw bad_request(fmt::format("--listen: '{}' is not an IP address", host));
+  tcp::acceptor acceptor(io);
+  tcp::endpoint ep(addr, port);
+  acceptor.open(ep.protocol());
+  acceptor.set_option(asio::socket_base::reuse_address(true));
+  acceptor.bind(ep, ec);
+  if (ec) throw Error(500, fmt::format("cannot listen on {}: {}", listen, ec.message()));
+  acceptor.listen();
+  std::cerr << fmt::format("coppice mcp: serving MCP on http://{}:{}/mcp",
+                           host.find(':') != std::string::npos ? "[" + host + "]" : host,
+                           acceptor.local_endpoint().port())
+            << std::endl;
+  Sessions sessions;
+  WorkerSet workers;
+  for (;;) {
+    tcp::socket sock(io);
+    acceptor.accept(sock, ec);
+    if (ec) continue;
+    auto s = std::make_shared<tcp::socket>(std::move(sock));
+    workers.start([&server, &sessions, s] { serve_connection(server, sessions, *s); });
+  }
+}
+
+}  // namespace coppice::mcp
