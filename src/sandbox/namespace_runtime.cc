@@ -37,16 +37,13 @@
 #include "sandbox/network.h"
 #include "sandbox/runtime.h"
 #include "sandbox/seccomp_filter.h"
+#include "sandbox/supervise.h"
 #include "sandbox/user_ns.h"
 
 namespace coppice::sandbox {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-constexpr size_t kMaxLayers = 500;
 constexpr size_t kChunk = 64 * 1024;
 constexpr size_t kChildStack = 256 * 1024;
 
@@ -231,51 +228,6 @@ int init_main(void* arg) {
 
 // ---------------------------------------------------------------- parent side
 
-struct Pipe {
-  UniqueFd rd, wr;
-  Pipe() {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw sys_error("pipe2");
-    rd.reset(fds[0]);
-    wr.reset(fds[1]);
-  }
-};
-
-void set_nonblock(int fd) {
-  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
-}
-
-bool has_nul(const std::string& s) {
-  return s.find('\0') != std::string::npos;
-}
-
-// Blocks SIGPIPE on this thread while we write the command's stdin, then swallows any
-// pending one: a command that closes stdin early must not kill the server.
-class SigpipeBlock {
- public:
-  SigpipeBlock() {
-    sigemptyset(&set_);
-    sigaddset(&set_, SIGPIPE);
-    ::pthread_sigmask(SIG_BLOCK, &set_, &old_);
-  }
-  ~SigpipeBlock() {
-    timespec zero{0, 0};
-    while (::sigtimedwait(&set_, nullptr, &zero) > 0) {
-    }
-    ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
-  }
-
- private:
-  sigset_t set_, old_;
-};
-
-struct OutputStream {
-  UniqueFd fd;
-  Stream stream;
-  uint64_t total = 0;
-  uint64_t kept = 0;
-};
-
 class NamespaceRuntime final : public Runtime {
  public:
   explicit NamespaceRuntime(const NamespaceConfig& cfg)
@@ -288,7 +240,6 @@ class NamespaceRuntime final : public Runtime {
   RunResult run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) override;
 
  private:
-  void validate(const RunSpec& spec) const;
   void build_plan(const RunSpec& spec, ChildPlan& p) const;
 
   NamespaceConfig cfg_;
@@ -297,33 +248,6 @@ class NamespaceRuntime final : public Runtime {
   CgroupManager cgroups_;
   NetnsPool netns_;
 };
-
-void NamespaceRuntime::validate(const RunSpec& spec) const {
-  if (spec.argv.empty() || spec.argv[0].empty()) throw bad_request("argv must not be empty");
-  if (spec.lower_layers.empty()) throw bad_request("at least one image layer is needed");
-  if (spec.lower_layers.size() > kMaxLayers)
-    throw bad_request(fmt::format("too many image layers: {} (at most {})",
-                                  spec.lower_layers.size(), kMaxLayers));
-  if (spec.run_dir.empty()) throw internal("run_dir is empty");
-  for (const auto& a : spec.argv)
-    if (has_nul(a)) throw bad_request("argv must not contain NUL bytes");
-  for (const auto& e : spec.env)
-    if (has_nul(e) || e.find('=') == std::string::npos)
-      throw bad_request(fmt::format("bad environment entry (want KEY=VALUE): {}", e));
-  if (spec.cwd.empty() || spec.cwd[0] != '/' || has_nul(spec.cwd))
-    throw bad_request(fmt::format("cwd must be an absolute path: {}", spec.cwd));
-  if (spec.uid >= cfg_.uid_range || spec.gid >= cfg_.uid_range)
-    throw bad_request(fmt::format("uid/gid must be below {}", cfg_.uid_range));
-  if (spec.hostname.empty() || spec.hostname.size() > 64 || has_nul(spec.hostname))
-    throw bad_request("hostname must be 1 to 64 bytes");
-  for (const auto& f : spec.files) {
-    if (f.path.empty() || f.path[0] != '/' || has_nul(f.path) || f.path.back() == '/' ||
-        f.path.size() >= PATH_MAX)
-      throw bad_request(fmt::format("file path must be an absolute file path: {}", f.path));
-    if (f.uid >= cfg_.uid_range || f.gid >= cfg_.uid_range)
-      throw bad_request(fmt::format("file {}: uid/gid must be below {}", f.path, cfg_.uid_range));
-  }
-}
 
 void NamespaceRuntime::build_plan(const RunSpec& spec, ChildPlan& p) const {
   for (const auto& l : spec.lower_layers) p.lower_paths.push_back(l.string());
@@ -428,7 +352,7 @@ struct RunState {
 };
 
 RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) {
-  validate(spec);
+  validate_spec(spec, cfg_.uid_range);
   prepare_run_dir(spec, cfg_.uid_base);
   ChildPlan p;
   build_plan(spec, p);
@@ -512,29 +436,20 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   // sync.wr stays open until the end of the run (the child's "server alive" check).
 
   RunResult r;
-  OutputStream streams[2] = {{std::move(out.rd), Stream::kStdout},
-                             {std::move(err.rd), Stream::kStderr}};
-  for (auto& s : streams) set_nonblock(s.fd.get());
-  set_nonblock(status.rd.get());
-  UniqueFd stdin_wr = std::move(in.wr);
-  size_t stdin_off = 0;
-  if (spec.stdin_data.empty())
-    stdin_wr.reset();
-  else
-    set_nonblock(stdin_wr.get());
-
   std::string status_buf;
   bool setup_error = false, have_exit = false;
   int error_status = 500, exit_status = 0;
   std::string error_msg;
   std::vector<char> buf(kChunk);
 
+  // Records from the sandbox's init (status pipe); false at EOF.
   auto read_status = [&]() {
+    bool open = true;
     for (;;) {
       ssize_t n = ::read(status.rd.get(), buf.data(), buf.size());
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) {
-        if (n == 0) status.rd.reset();
+        open = n != 0;
         break;
       }
       status_buf.append(buf.data(), static_cast<size_t>(n));
@@ -565,93 +480,22 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
           break;
       }
     }
-  };
-  auto read_output = [&](OutputStream& s) {
-    for (int i = 0; i < 16; ++i) {  // bounded, so one busy stream cannot starve the rest
-      ssize_t n = ::read(s.fd.get(), buf.data(), buf.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        if (n == 0) s.fd.reset();
-        return;
-      }
-      uint64_t un = static_cast<uint64_t>(n);
-      s.total += un;
-      if (s.kept < spec.truncate_output_at) {
-        size_t keep = static_cast<size_t>(std::min<uint64_t>(un, spec.truncate_output_at - s.kept));
-        s.kept += keep;
-        observer.on_output(s.stream, std::string_view(buf.data(), keep));
-      }
-      if (un < buf.size()) return;
-    }
+    return open;
   };
 
-  const auto deadline = t0 + spec.timeout;
-  bool killed = false, exited = false;
-  auto kill_sandbox = [&]() {
-    killed = true;
-    st.kill();
-  };
-  while (!exited) {
-    pollfd fds[6];
-    int nfds = 0, i_out = -1, i_err = -1, i_status = -1, i_in = -1, i_cancel = -1;
-    if (streams[0].fd) i_out = nfds, fds[nfds++] = {streams[0].fd.get(), POLLIN, 0};
-    if (streams[1].fd) i_err = nfds, fds[nfds++] = {streams[1].fd.get(), POLLIN, 0};
-    if (status.rd) i_status = nfds, fds[nfds++] = {status.rd.get(), POLLIN, 0};
-    if (stdin_wr) i_in = nfds, fds[nfds++] = {stdin_wr.get(), POLLOUT, 0};
-    if (!killed) i_cancel = nfds, fds[nfds++] = {cancel.fd(), POLLIN, 0};
-    int i_pid = nfds;
-    fds[nfds++] = {st.pidfd.get(), POLLIN, 0};
-    int timeout_ms = -1;
-    if (!killed) {
-      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-      timeout_ms = static_cast<int>(std::clamp<int64_t>(left, 0, 1 << 30));
-    }
-    int rc = ::poll(fds, static_cast<nfds_t>(nfds), timeout_ms);
-    if (rc < 0) {
-      if (errno == EINTR) continue;
-      throw sys_error("poll sandbox");
-    }
-    if (!killed && Clock::now() >= deadline) {
-      r.timed_out = true;
-      kill_sandbox();
-    }
-    if (i_out >= 0 && fds[i_out].revents) read_output(streams[0]);
-    if (i_err >= 0 && fds[i_err].revents) read_output(streams[1]);
-    if (i_status >= 0 && fds[i_status].revents) read_status();
-    if (i_in >= 0 && fds[i_in].revents) {
-      if (fds[i_in].revents & (POLLERR | POLLHUP)) {
-        stdin_wr.reset();
-      } else {
-        ssize_t n = ::write(stdin_wr.get(), spec.stdin_data.data() + stdin_off,
-                            std::min<size_t>(spec.stdin_data.size() - stdin_off, kChunk));
-        if (n > 0) stdin_off += static_cast<size_t>(n);
-        if ((n < 0 && errno != EAGAIN && errno != EINTR) || stdin_off == spec.stdin_data.size())
-          stdin_wr.reset();
-      }
-    }
-    if (i_cancel >= 0 && fds[i_cancel].revents && !killed) {
-      r.cancelled = true;
-      kill_sandbox();
-    }
-    if (fds[i_pid].revents) exited = true;
-  }
-  stdin_wr.reset();
-  st.reap();
-  auto elapsed = Clock::now() - t0;
-  // Every process of the sandbox is gone: drain what is left in the pipes.
-  auto drain_deadline = Clock::now() + std::chrono::seconds(2);
-  while ((streams[0].fd || streams[1].fd || status.rd) && Clock::now() < drain_deadline) {
-    pollfd fds[3];
-    int nfds = 0;
-    for (auto& s : streams)
-      if (s.fd) fds[nfds++] = {s.fd.get(), POLLIN, 0};
-    if (status.rd) fds[nfds++] = {status.rd.get(), POLLIN, 0};
-    if (::poll(fds, static_cast<nfds_t>(nfds), 100) <= 0) continue;
-    for (auto& s : streams)
-      if (s.fd) read_output(s);
-    if (status.rd) read_status();
-  }
-  if (status.rd) read_status();
+  SuperviseIo io;
+  io.stdout_rd = std::move(out.rd);
+  io.stderr_rd = std::move(err.rd);
+  io.stdin_wr = std::move(in.wr);
+  io.exit_fd = st.pidfd.get();
+  io.extra_fd = status.rd.get();
+  io.on_extra = read_status;
+  Supervised sv = supervise(
+      io, spec, observer, cancel, t0, [&] { st.kill(); }, [&] { st.reap(); });
+  bool killed = sv.killed;
+  r.timed_out = sv.timed_out;
+  r.cancelled = sv.cancelled;
+  auto elapsed = sv.elapsed;
 
   CgroupStats cs = st.cgroups->stats();
   st.cgroups->remove();
@@ -681,8 +525,8 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
     r.core_dump = WCOREDUMP(ws);
   }
   r.oom_killed = cs.oom_killed;
-  r.stdout_bytes = streams[0].total;
-  r.stderr_bytes = streams[1].total;
+  r.stdout_bytes = sv.stdout_bytes;
+  r.stderr_bytes = sv.stderr_bytes;
 
   Resources& res = r.resources;
   const rusage& u = st.usage;

@@ -52,22 +52,15 @@ def test_cannot_mount_or_load_modules_or_escape_ns(client, busybox):
     assert "nsenter=0" not in out
 
 
-def test_root_in_sandbox_is_not_host_root(client, busybox):
+def test_root_in_sandbox_is_not_host_root(server, client, busybox):
     op = client.run(busybox, "id -u; echo pwn > /owned", disposable=False)
     assert stdout_of(op) == "0\n"
     # the layer file on the host belongs to the unprivileged range, never to host root
     found = []
-    for root, _, files in os.walk(os.path.join(client_data_dir(client), "layers")):
+    for root, _, files in os.walk(os.path.join(str(server.data_dir), "layers")):
         if "owned" in files:
             found.append(os.stat(os.path.join(root, "owned")).st_uid)
     assert found and all(uid >= 100000 for uid in found)
-
-
-def client_data_dir(client):
-    # the session server's data dir is the only coppice-it-* dir with our server.log
-    import glob
-    dirs = sorted(glob.glob("/var/tmp/coppice-it-*"), key=os.path.getmtime)
-    return dirs[-1]
 
 
 def test_ptrace_cannot_reach_outside(client, busybox):

@@ -1,0 +1,73 @@
+// What every runtime does while its sandbox runs, whatever the sandbox is: feed stdin, collect
+// stdout/stderr within the truncate_output_at budget, enforce the timeout and the cancel
+// token by calling the runtime's kill(), notice the exit of the sandbox's top process, then
+// drain the pipes. Also the small fd helpers the runtimes share, and the RunSpec checks that
+// do not depend on the runtime.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+
+#include "common/fd.h"
+#include "sandbox/runtime.h"
+
+namespace coppice::sandbox {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+// An O_CLOEXEC pipe.
+struct Pipe {
+  UniqueFd rd, wr;
+  Pipe();
+};
+
+void set_nonblock(int fd);
+
+// Blocks SIGPIPE on this thread while we write the command's stdin, then swallows any
+// pending one: a command that closes stdin early must not kill the server.
+class SigpipeBlock {
+ public:
+  SigpipeBlock();
+  ~SigpipeBlock();
+  SigpipeBlock(const SigpipeBlock&) = delete;
+  SigpipeBlock& operator=(const SigpipeBlock&) = delete;
+
+ private:
+  sigset_t set_, old_;
+};
+
+// Throws a 400 Error naming the first problem of `spec` that every runtime refuses (empty or
+// NUL-bearing argv, bad env entries, relative cwd, ids at or above `uid_range`, bad
+// hostname, bad file paths, no or too many layers).
+void validate_spec(const RunSpec& spec, uid_t uid_range);
+
+struct SuperviseIo {
+  UniqueFd stdout_rd, stderr_rd;  // the sandbox's output (our read ends)
+  UniqueFd stdin_wr;              // our write end of its stdin; empty when there is none
+  int exit_fd = -1;               // a pidfd: readable when the sandbox's top process exited
+  // Optional extra input (a runtime's status pipe): on_extra is called when extra_fd is
+  // readable and returns false once it reached EOF.
+  int extra_fd = -1;
+  std::function<bool()> on_extra;
+};
+
+struct Supervised {
+  bool timed_out = false;
+  bool cancelled = false;
+  bool killed = false;                          // kill() was called (timeout or cancel)
+  uint64_t stdout_bytes = 0, stderr_bytes = 0;  // produced, kept or not
+  Clock::duration elapsed{};                    // t0 to the exit
+};
+
+// Runs the loop described above. `kill` must make the sandbox's processes die (it is called
+// at most once); `reap` waits for the top process (called once it exited, before the drain).
+Supervised supervise(SuperviseIo& io, const RunSpec& spec, RunObserver& observer,
+                     CancelToken& cancel, Clock::time_point t0, const std::function<void()>& kill,
+                     const std::function<void()>& reap);
+
+}  // namespace coppice::sandbox
