@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
 #include <sys/utsname.h>
@@ -234,7 +235,20 @@ json instance_result_json(const sandbox::RunResult& r, const std::string& out, b
 
 Engine::Engine(EngineConfig cfg, store::MetaStore& meta, store::LayerStore& layers,
                sandbox::Runtime& runtime)
-    : cfg_(std::move(cfg)), meta_(meta), layers_(layers), runtime_(runtime) {}
+    : cfg_(std::move(cfg)), meta_(meta), layers_(layers), runtime_(runtime) {
+  runtimes_[runtime.name()] = &runtime;
+}
+
+void Engine::add_runtime(sandbox::Runtime& runtime) {
+  runtimes_[runtime.name()] = &runtime;
+}
+
+std::vector<std::string> Engine::runtime_names() const {
+  std::vector<std::string> out{runtime_.name()};
+  for (const auto& [name, _] : runtimes_)
+    if (name != runtime_.name()) out.push_back(name);
+  return out;
+}
 
 Engine::~Engine() {
   shutdown(std::chrono::milliseconds(0));
@@ -331,6 +345,9 @@ std::vector<std::filesystem::path> Engine::image_layers(const ImageRecord& img) 
 
 OperationRecord Engine::spawn(const std::string& project, const json& body) {
   SpawnRequest req = parse_spawn_request(body, cfg_.limits);
+  if (!req.runtime.empty() && !runtimes_.count(req.runtime))
+    throw bad_request(fmt::format("runtime '{}' is not available on this server (available: {})",
+                                  req.runtime, fmt::join(runtime_names(), ", ")));
   ImageRecord img = resolve_image(project, req.image);
   for (auto& [path, f] : req.files) {
     auto rec = meta_.get_file_by_uuid(project, f.uuid);
@@ -603,6 +620,7 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   auto img = meta_.get_image(req.image);
   if (!img) throw not_found(fmt::format("image {} vanished", req.image));
 
+  sandbox::Runtime& runtime = req.runtime.empty() ? runtime_ : *runtimes_.at(req.runtime);
   sandbox::RunSpec spec;
   spec.lower_layers = image_layers(*img);
   if (spec.lower_layers.size() > cfg_.max_lowers) {
@@ -649,14 +667,14 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
               {"hostname", req.hostname},
               {"kernel", un.release},
               {"machine", un.machine},
-              {"runtime", runtime_.name()}});
+              {"runtime", runtime.name()}});
 
   EventObserver obs(*op, req);
   remove_tree(spec.run_dir);
   sandbox::RunResult res;
   const int64_t t_run = now_us();
   try {
-    res = runtime_.run(spec, obs, op->cancel_token());
+    res = runtime.run(spec, obs, op->cancel_token());
   } catch (...) {
     remove_tree(spec.run_dir);
     throw;

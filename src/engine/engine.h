@@ -50,6 +50,12 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
+  // Makes another runtime available to runs that ask for it by name (spawn's `runtime`);
+  // the constructor's runtime is the default. Call before start().
+  void add_runtime(sandbox::Runtime& runtime);
+  // Names of the available runtimes, the default first.
+  std::vector<std::string> runtime_names() const;
+
   // Startup recovery: fails operations a previous process left active and removes scratch
   // directories and unreferenced layers. Call before start().
   void recover();
@@ -120,7 +126,8 @@ class Engine {
   EngineConfig cfg_;
   store::MetaStore& meta_;
   store::LayerStore& layers_;
-  sandbox::Runtime& runtime_;
+  sandbox::Runtime& runtime_;                          // the default
+  std::map<std::string, sandbox::Runtime*> runtimes_;  // by name, the default included
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -140,7 +140,8 @@ json SpawnRequest::to_json() const {
                                      : stdin_echo},
       {"files", files_j},
       {"resources_limits", limits_json()},
-      {"networking", {{"enabled", false}}}};
+      {"networking", {{"enabled", false}}},
+      {"runtime", runtime.empty() ? json(nullptr) : json(runtime)}};
 }
 
 SpawnRequest parse_spawn_request(const json& body, const SpawnLimits& limits) {
@@ -180,6 +181,7 @@ SpawnRequest parse_spawn_request(const json& body, const SpawnLimits& limits) {
   if (!r.cwd.empty()) r.cwd = normalize_sandbox_path(r.cwd, "`cwd`");
   r.uid = static_cast<uint32_t>(get_int(body, "uid", 0, 0, 65535));
   r.gid = static_cast<uint32_t>(get_int(body, "gid", 0, 0, 65535));
+  r.runtime = get_string(body, "runtime", "");
   r.hostname = get_string(body, "hostname", "coppice");
   if (r.hostname.empty()) r.hostname = "coppice";
   if (!valid_hostname(r.hostname)) throw bad_request("`hostname` is not a valid host name");

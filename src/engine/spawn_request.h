@@ -50,6 +50,8 @@ struct SpawnRequest {
   int64_t memory_bytes = 0;
   int64_t pids = 0;
   double cpus = 0;
+  // Coppice extension: the sandbox runtime for this run ("" = the server's default).
+  std::string runtime;
 
   // argv as the sandbox runs it ({"/bin/sh","-c",command} for shell=true).
   std::vector<std::string> argv() const;

@@ -54,6 +54,10 @@ int ensure_tmp(int* created, ChildMsg& err) noexcept;
 // Returns 0, or -1 with *status = 400 (bad path) or 500 and `err` filled.
 int inject_file(const InjectedFile& f, int* status, ChildMsg& err) noexcept;
 
+// Parent, before the run: creates run_dir/{upper,work,merged}; upper and work belong to
+// `root` (the host uid of sandbox root), upper is 0755 (it becomes the image root's mode).
+void prepare_run_dir(const std::filesystem::path& run_dir, uid_t root);
+
 // Parent, after the run: removes from `upper` the mount-point directories the child created
 // (bits of `created`), as long as they are still empty directories.
 void remove_created_mountpoints(const std::filesystem::path& upper, int created);

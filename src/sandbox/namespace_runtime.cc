@@ -300,19 +300,6 @@ void NamespaceRuntime::build_plan(const RunSpec& spec, ChildPlan& p) const {
   p.seccomp = &seccomp_;
 }
 
-void prepare_run_dir(const RunSpec& spec, uid_t root) {
-  make_dirs(spec.run_dir, 0755);
-  for (const char* d : {"upper", "work", "merged"}) {
-    fs::path p = spec.run_dir / d;
-    if (::mkdir(p.c_str(), 0755) != 0 && errno != EEXIST) throw sys_error("mkdir " + p.string());
-  }
-  for (const char* d : {"upper", "work"}) {
-    fs::path p = spec.run_dir / d;
-    if (::chown(p.c_str(), root, root) != 0) throw sys_error("chown " + p.string());
-  }
-  if (::chmod((spec.run_dir / "upper").c_str(), 0755) != 0) throw sys_error("chmod upper");
-}
-
 // Kills and reaps the sandbox and removes what the run left, in the right order, whether
 // run() returns or throws.
 struct RunState {
@@ -353,7 +340,7 @@ struct RunState {
 
 RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) {
   validate_spec(spec, cfg_.uid_range);
-  prepare_run_dir(spec, cfg_.uid_base);
+  prepare_run_dir(spec.run_dir, cfg_.uid_base);
   ChildPlan p;
   build_plan(spec, p);
 

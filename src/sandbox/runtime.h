@@ -146,4 +146,30 @@ struct NamespaceConfig {
 // previous server process left behind (startup recovery).
 std::unique_ptr<Runtime> make_namespace_runtime(const NamespaceConfig& cfg);
 
+struct GvisorConfig {
+  std::string runsc;                // path of gVisor's runsc (see find_runsc)
+  std::string platform = "ptrace";  // runsc --platform
+  uid_t uid_base = 100000;          // as NamespaceConfig: sandbox root is this host uid
+  uid_t uid_range = 65536;
+  uint64_t default_memory_bytes = 1ull << 30;
+  uint64_t default_pids = 1024;
+  std::string cgroup_name = "coppice-gvisor";  // must differ from the namespace runtime's
+  std::string self_exe = "/proc/self/exe";     // a binary whose main() dispatches
+                                               // `__gvisor-init` to gvisor_init_main
+};
+
+// The gVisor runtime (gvisor_runtime.cc): the same overlay root as the namespace runtime,
+// mounted by a small init in new mount and pid namespaces, then `runsc run` with an OCI
+// bundle (user namespace mapping sandbox root to uid_base, network none) as that init, inside
+// the run's cgroups. The user-space kernel (Sentry) sits between the command and the host.
+std::unique_ptr<Runtime> make_gvisor_runtime(const GvisorConfig& cfg);
+
+// The runsc to use: `hint` when it is a path, else runsc on PATH; "" when none runs
+// (`runsc --version` is tried once).
+std::string find_runsc(const std::string& hint = "");
+
+// The init of a gVisor run, as `SELF __gvisor-init PLAN.json` (see gvisor_runtime.cc):
+// mounts the overlay, creates mount points, injects files, then execs runsc.
+int gvisor_init_main(int argc, char** argv);
+
 }  // namespace coppice::sandbox

@@ -46,6 +46,9 @@ struct ServeOptions {
   std::string log_level = "info";
   std::vector<std::string> insecure_registries;
   std::vector<std::string> registry_mirrors;  // REGISTRY=URL
+  std::string runtime = "namespace";          // the default runtime
+  std::string runsc;                          // path of runsc ("" = look on PATH)
+  std::string gvisor_platform = "ptrace";
 };
 
 int serve(const Paths& paths, const ServeOptions& o) {
@@ -73,6 +76,29 @@ int serve(const Paths& paths, const ServeOptions& o) {
   ns.default_memory_bytes = o.memory_mb << 20;
   ns.default_pids = o.pids;
   auto runtime = sandbox::make_namespace_runtime(ns);
+  // gVisor is offered when runsc runs here (checked once at start).
+  std::unique_ptr<sandbox::Runtime> gvisor;
+  if (std::string runsc = sandbox::find_runsc(o.runsc); !runsc.empty()) {
+    sandbox::GvisorConfig gc;
+    gc.runsc = runsc;
+    gc.platform = o.gvisor_platform;
+    gc.uid_base = ns.uid_base;
+    gc.uid_range = ns.uid_range;
+    gc.default_memory_bytes = ns.default_memory_bytes;
+    gc.default_pids = ns.default_pids;
+    gc.cgroup_name = ns.cgroup_name + "-gvisor";
+    gvisor = sandbox::make_gvisor_runtime(gc);
+    spdlog::info("gvisor runtime available ({})", runsc);
+  } else if (!o.runsc.empty() || o.runtime == "gvisor") {
+    throw Error(400,
+                "runsc not found or not working: install it (apt-get install runsc) or "
+                "pass --runsc PATH");
+  }
+  sandbox::Runtime* default_runtime = runtime.get();
+  if (o.runtime == "gvisor")
+    default_runtime = gvisor.get();
+  else if (o.runtime != "namespace")
+    throw Error(400, "--runtime must be namespace or gvisor, not " + o.runtime);
   engine::EngineConfig ec;
   ec.workers = o.workers;
   ec.flatten_depth = o.flatten_depth;
@@ -87,10 +113,14 @@ int serve(const Paths& paths, const ServeOptions& o) {
       throw Error(400, "--registry-mirror wants REGISTRY=URL, e.g. docker.io=http://mirror:5000");
     ec.registry.mirrors[m.substr(0, eq)] = m.substr(eq + 1);
   }
-  engine::Engine engine(ec, *meta, layers, *runtime);
+  engine::Engine engine(ec, *meta, layers, *default_runtime);
+  for (sandbox::Runtime* r : {runtime.get(), gvisor.get()})
+    if (r && r != default_runtime) engine.add_runtime(*r);
   engine.recover();
   engine.start();
-  api::Api api(api::ApiConfig{}, engine);
+  api::ApiConfig ac;
+  ac.runtimes = engine.runtime_names();
+  api::Api api(ac, engine);
   api::HttpServer server(api, o.listen, layers.tmp_path(""));
   spdlog::info("coppiced listening on {} (port {}), data dir {}", o.listen, server.port(),
                paths.data_dir);
@@ -114,6 +144,9 @@ int serve(const Paths& paths, const ServeOptions& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The init of a gVisor run re-executes this binary (see sandbox/gvisor_runtime.cc).
+  if (argc >= 2 && std::string_view(argv[1]) == "__gvisor-init")
+    return sandbox::gvisor_init_main(argc, argv);
   CLI::App app{"coppiced: branching sandboxes behind a ConTree-compatible API"};
   app.require_subcommand(1);
   Paths paths;
@@ -152,6 +185,11 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--registry-mirror", so.registry_mirrors,
                         "pull mirror REGISTRY=URL, e.g. docker.io=http://10.0.0.5:5000 "
                         "(repeatable)");
+  serve_cmd->add_option("--runtime", so.runtime, "default sandbox runtime: namespace | gvisor")
+      ->capture_default_str();
+  serve_cmd->add_option("--runsc", so.runsc, "gVisor's runsc (default: runsc on PATH, if any)");
+  serve_cmd->add_option("--gvisor-platform", so.gvisor_platform, "runsc --platform: ptrace | kvm")
+      ->capture_default_str();
   serve_cmd->add_option("--log-level", so.log_level, "trace|debug|info|warn|error")
       ->capture_default_str();
 

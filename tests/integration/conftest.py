@@ -53,3 +53,16 @@ def busybox(client):
     imgs = client.get("/v1/images", params={"tag": "busybox:latest"}).json()["images"]
     assert imgs and imgs[0]["tag"] == "busybox:latest"
     return imgs[0]["uuid"]
+
+
+# The runtimes the behaviour suites run against (issue #7): every one must give the same
+# semantics. A runtime the server does not offer fails the test: `make test` installs runsc.
+RUNTIMES = ["namespace", "gvisor"]
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime_client(request, server):
+    c = Client(server.url, server.token, runtime=request.param)
+    offered = c.get("/v1/whoami").json()["runtimes"]
+    assert request.param in offered, f"the server offers {offered}, not {request.param}"
+    return c

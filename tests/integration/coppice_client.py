@@ -26,7 +26,8 @@ class Response:
 
 
 class Client:
-    def __init__(self, url, token, gzip_ok=False):
+    def __init__(self, url, token, gzip_ok=False, runtime=None):
+        self.runtime = runtime  # sent as spawn's `runtime` (our extension) when set
         u = urllib.parse.urlparse(url)
         self.host, self.port = u.hostname, u.port
         self.token = token
@@ -61,6 +62,8 @@ class Client:
     def spawn(self, image, command, **fields):
         body = {"image": image, "command": command}
         body.setdefault("shell", True)
+        if self.runtime:
+            body["runtime"] = self.runtime
         body.update(fields)
         r = self.post("/v1/instances", body)
         assert r.status == 201, r.body

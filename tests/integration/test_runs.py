@@ -1,7 +1,15 @@
-"""Run semantics: snapshots, deletions across layers, disposable runs, limits, cancel."""
+"""Run semantics: snapshots, deletions across layers, disposable runs, limits, cancel; every
+test runs once per sandbox runtime (namespace, gvisor)."""
 import time
 
+import pytest
+
 from coppice_client import stdout_of
+
+
+@pytest.fixture()
+def client(runtime_client):
+    return runtime_client
 
 
 def test_nothing_changed_gives_same_uuid(client, busybox):
@@ -199,3 +207,14 @@ def test_list_filters_by_live_status(client, busybox):
     assert op not in [o["uuid"] for o in pending]
     client.request("DELETE", f"/v1/operations/{op}")
     client.wait(op)
+
+
+def test_files_with_mode_and_owner(client, busybox):
+    f = client.upload(b"#!/bin/sh\necho from-file\n")
+    op = client.run(busybox, "/opt/tool/run.sh; stat -c '%a %u %g' /opt/tool/run.sh", files={
+        "/opt/tool/run.sh": {"uuid": f["uuid"], "mode": "0750", "uid": 7, "gid": 8}})
+    assert stdout_of(op) == "from-file\n750 7 8\n"
+    # the injected file is part of the snapshot, with its owner
+    img = op["result_image_uuid"]
+    entry = client.get(f"/v1/inspect/{img}/list", params={"path": "/opt/tool"}).json()["files"][0]
+    assert (entry["uid"], entry["gid"], entry["mode"] & 0o7777) == (7, 8, 0o750)

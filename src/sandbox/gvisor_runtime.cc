@@ -1,0 +1,517 @@
+// The gVisor runtime. Process tree of a run:
+//   server thread (run())  clone3(NEWNS|NEWPID, into the run's cgroup)  ->  execve(SELF
+//   __gvisor-init PLAN)  = pid 1 of a new pid namespace: makes its mounts private, mounts the
+//   overlay root (mount_overlay, as the namespace runtime does), creates missing mount points,
+//   injects files from a chrooted child, then execs `runsc run` (still pid 1), which starts
+//   gVisor's Sentry and gofer below it. When pid 1 exits, the kernel kills every process of
+//   the pid namespace and the private overlay mount goes away with the mount namespace, so a
+//   run can leave nothing behind, whatever happens to the server.
+//
+// The OCI bundle asks runsc for a user namespace that maps sandbox uid 0.. to
+// uid_base.., so files the command creates reach the upper directory with the same shifted
+// owners as in the namespace runtime, and existing files show their sandbox owners. Network:
+// runsc --network=none (loopback only). /tmp is the image's own /tmp (bind-mounted), so it is
+// part of the snapshot as in the namespace runtime; /proc and /dev are gVisor's.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/fsutil.h"
+#include "common/ids.h"
+#include "sandbox/cgroups.h"
+#include "sandbox/child_msg.h"
+#include "sandbox/mounts.h"
+#include "sandbox/runtime.h"
+#include "sandbox/supervise.h"
+
+namespace coppice::sandbox {
+
+using nlohmann::json;
+
+namespace {
+
+// Fixed descriptors of the init process (set up between clone and execve).
+constexpr int kStatusFd = 3;
+constexpr int kFirstTaskFd = 4;  // then the cgroup v1 `tasks` files, one after another
+
+const std::vector<std::string>& docker_cap_names() {
+  static const std::vector<std::string> caps = {
+      "CAP_CHOWN",   "CAP_DAC_OVERRIDE", "CAP_FSETID",           "CAP_FOWNER",
+      "CAP_MKNOD",   "CAP_NET_RAW",      "CAP_SETGID",           "CAP_SETUID",
+      "CAP_SETFCAP", "CAP_SETPCAP",      "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
+      "CAP_KILL",    "CAP_AUDIT_WRITE"};
+  return caps;
+}
+
+json oci_config(const RunSpec& spec, const GvisorConfig& cfg) {
+  json env = spec.env;
+  bool has_path = false;
+  for (const auto& e : spec.env) has_path = has_path || e.rfind("PATH=", 0) == 0;
+  if (!has_path) env.push_back(std::string("PATH=") + kDefaultPath);
+  json caps = spec.uid == 0 ? json(docker_cap_names()) : json::array();
+  std::string merged = (spec.run_dir / "merged").string();
+  auto tmpfs = [](const char* dest, std::vector<std::string> opts) {
+    return json{{"destination", dest}, {"type", "tmpfs"}, {"source", "tmpfs"}, {"options", opts}};
+  };
+  return {
+      {"ociVersion", "1.0.2"},
+      {"process",
+       {{"terminal", false},
+        {"user", {{"uid", spec.uid}, {"gid", spec.gid}}},
+        {"args", spec.argv},
+        {"env", env},
+        {"cwd", spec.cwd},
+        {"capabilities",
+         {{"bounding", docker_cap_names()},
+          {"effective", caps},
+          {"permitted", caps},
+          {"inheritable", json::array()},
+          {"ambient", json::array()}}},
+        {"rlimits",
+         json::array({{{"type", "RLIMIT_NOFILE"}, {"hard", 1048576}, {"soft", 1048576}}})},
+        {"noNewPrivileges", true}}},
+      {"root", {{"path", merged}, {"readonly", false}}},
+      {"hostname", spec.hostname},
+      {"mounts",
+       json::array(
+           {{{"destination", "/proc"}, {"type", "proc"}, {"source", "proc"}},
+            tmpfs("/dev", {"nosuid", "strictatime", "mode=755", "size=65536k"}),
+            {{"destination", "/dev/pts"},
+             {"type", "devpts"},
+             {"source", "devpts"},
+             {"options", {"nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"}}},
+            tmpfs("/dev/shm", {"nosuid", "noexec", "nodev", "mode=1777", "size=65536k"}),
+            {{"destination", "/tmp"},
+             {"type", "bind"},
+             {"source", merged + "/tmp"},
+             {"options", {"rbind", "rw"}}}})},
+      {"linux",
+       {{"namespaces", json::array({{{"type", "pid"}},
+                                    {{"type", "ipc"}},
+                                    {{"type", "uts"}},
+                                    {{"type", "mount"}},
+                                    {{"type", "network"}},
+                                    {{"type", "user"}}})},
+        {"uidMappings",
+         json::array({{{"containerID", 0}, {"hostID", cfg.uid_base}, {"size", cfg.uid_range}}})},
+        {"gidMappings",
+         json::array({{{"containerID", 0}, {"hostID", cfg.uid_base}, {"size", cfg.uid_range}}})}}}};
+}
+
+// The cgroup v1 `tasks` files the init joins by writing "0" (raw fds, closed on scope exit).
+struct TaskFds {
+  std::vector<int> fds;
+  ~TaskFds() { close_all(); }
+  void close_all() {
+    for (int fd : fds) ::close(fd);
+    fds.clear();
+  }
+};
+
+class GvisorRuntime final : public Runtime {
+ public:
+  explicit GvisorRuntime(const GvisorConfig& cfg) : cfg_(cfg), cgroups_(cfg.cgroup_name) {}
+  std::string name() const override { return "gvisor"; }
+  RunResult run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) override;
+
+ private:
+  GvisorConfig cfg_;
+  CgroupManager cgroups_;
+};
+
+struct GvisorRun {
+  std::unique_ptr<RunCgroups> cgroups;
+  pid_t pid = -1;
+  UniqueFd pidfd;
+  bool reaped = false;
+  int wait_status = 0;
+  rusage usage{};
+  void kill() {
+    if (pid <= 0 || reaped) return;
+    if (cgroups) cgroups->kill_all();
+    ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+  }
+  void reap() {
+    if (pid <= 0 || reaped) return;
+    while (::wait4(pid, &wait_status, __WALL, &usage) < 0 && errno == EINTR) {
+    }
+    reaped = true;
+  }
+  ~GvisorRun() {
+    if (pid > 0 && !reaped) {
+      kill();
+      reap();
+    }
+    if (cgroups) cgroups->remove();
+  }
+};
+
+RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) {
+  validate_spec(spec, cfg_.uid_range);
+  prepare_run_dir(spec.run_dir, cfg_.uid_base);
+  fs::path bundle = spec.run_dir / "bundle", state = spec.run_dir / "runsc";
+  make_dirs(bundle, 0700);
+  make_dirs(state, 0700);
+  write_file_atomic(bundle / "config.json", oci_config(spec, cfg_).dump(), false);
+  json files = json::array();
+  for (const auto& f : spec.files)
+    files.push_back({{"path", f.path},
+                     {"blob", f.host_blob.string()},
+                     {"mode", f.mode},
+                     {"uid", f.uid + cfg_.uid_base},
+                     {"gid", f.gid + cfg_.uid_base}});
+  json lowers = json::array();
+  for (const auto& l : spec.lower_layers) lowers.push_back(l.string());
+  std::string id = "coppice-" + random_hex(8);
+  json plan = {{"lowers", lowers},
+               {"upper", (spec.run_dir / "upper").string()},
+               {"work", (spec.run_dir / "work").string()},
+               {"merged", (spec.run_dir / "merged").string()},
+               {"root_uid", cfg_.uid_base},
+               {"cwd", spec.cwd},
+               {"argv0", spec.argv[0]},
+               {"path",
+                [&] {
+                  for (const auto& e : spec.env)
+                    if (e.rfind("PATH=", 0) == 0) return e.substr(5);
+                  return std::string(kDefaultPath);
+                }()},
+               {"files", files},
+               {"runsc",
+                {cfg_.runsc, "--root=" + state.string(), "--network=none", "--ignore-cgroups",
+                 "--platform=" + cfg_.platform, "run", "--bundle", bundle.string(), id}}};
+  fs::path plan_file = spec.run_dir / "gvisor-plan.json";
+  write_file_atomic(plan_file, plan.dump(), false);
+
+  Pipe status, in, out, err;
+  GvisorRun st;
+  CgroupLimits lim;
+  lim.memory_bytes =
+      spec.limits.memory_bytes ? spec.limits.memory_bytes : cfg_.default_memory_bytes;
+  lim.pids = spec.limits.pids ? spec.limits.pids : cfg_.default_pids;
+  lim.cpus = spec.limits.cpus;
+  st.cgroups = cgroups_.create(lim);
+  TaskFds task_guard{st.cgroups->open_v1_task_files()};
+  const std::vector<int>& task_fds = task_guard.fds;
+
+  // Everything the child touches between clone and execve, prepared now.
+  std::string exe = cfg_.self_exe, arg1 = "__gvisor-init", arg2 = plan_file.string();
+  char* argv[] = {exe.data(), arg1.data(), arg2.data(), nullptr};
+  char* envp[] = {nullptr};
+  std::vector<int> src_fds = {in.rd.get(), out.wr.get(), err.wr.get(), status.wr.get()};
+  for (int fd : task_fds) src_fds.push_back(fd);
+  SigpipeBlock sigpipe;
+  int pidfd = -1;
+  clone_args ca{};
+  ca.flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_PIDFD;
+  ca.pidfd = reinterpret_cast<uint64_t>(&pidfd);
+  ca.exit_signal = SIGCHLD;
+  if (st.cgroups->v2_fd() >= 0) {
+    ca.flags |= CLONE_INTO_CGROUP;
+    ca.cgroup = static_cast<uint64_t>(st.cgroups->v2_fd());
+  }
+  auto t0 = Clock::now();
+  long rc = ::syscall(SYS_clone3, &ca, sizeof ca);
+  if (rc == 0) {
+    // Child: only async-signal-safe calls until execve. Move the fds into place (dup first
+    // above the targets so no source is overwritten), then exec our init.
+    int n = static_cast<int>(src_fds.size());
+    int moved[16];
+    for (int i = 0; i < n && i < 16; ++i) moved[i] = ::fcntl(src_fds[i], F_DUPFD, 64);
+    for (int i = 0; i < n && i < 16; ++i) ::dup2(moved[i], i < 3 ? i : kStatusFd + (i - 3));
+    ::syscall(SYS_close_range, static_cast<unsigned>(kStatusFd + (n - 3)), ~0U, 0);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    ::execve(argv[0], argv, envp);
+    _exit(127);
+  }
+  if (rc < 0) throw sys_error("clone3 gvisor init");
+  st.pid = static_cast<pid_t>(rc);
+  st.pidfd.reset(pidfd);
+  if (st.cgroups->v2_fd() < 0) st.cgroups->attach_v2(st.pid);
+  in.rd.reset();
+  out.wr.reset();
+  err.wr.reset();
+  status.wr.reset();
+  task_guard.close_all();
+
+  RunResult r;
+  int created = 0;
+  bool setup_error = false;
+  int error_status = 500;
+  std::string error_msg, status_buf;
+  auto read_status = [&]() {
+    char buf[sizeof(StatusRecord)];
+    bool open = true;
+    for (;;) {
+      ssize_t n = ::read(status.rd.get(), buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        open = n != 0;
+        break;
+      }
+      status_buf.append(buf, static_cast<size_t>(n));
+    }
+    while (status_buf.size() >= sizeof(StatusRecord)) {
+      StatusRecord rec;
+      memcpy(&rec, status_buf.data(), sizeof rec);
+      status_buf.erase(0, sizeof rec);
+      rec.msg[sizeof rec.msg - 1] = 0;
+      if (rec.type == RecordType::kMountpoints) created |= rec.a;
+      if (rec.type == RecordType::kSpawned) {
+        r.pid = rec.a;
+        observer.on_spawn(rec.a);
+      }
+      if (rec.type == RecordType::kSetupError && !setup_error) {
+        setup_error = true;
+        error_status = rec.status;
+        error_msg = rec.msg;
+      }
+    }
+    return open;
+  };
+  SuperviseIo io;
+  io.stdout_rd = std::move(out.rd);
+  io.stderr_rd = std::move(err.rd);
+  io.stdin_wr = std::move(in.wr);
+  io.exit_fd = st.pidfd.get();
+  io.extra_fd = status.rd.get();
+  io.on_extra = read_status;
+  Supervised sv = supervise(
+      io, spec, observer, cancel, t0, [&] { st.kill(); }, [&] { st.reap(); });
+  CgroupStats cs = st.cgroups->stats();
+  st.cgroups->remove();
+  remove_created_mountpoints(spec.run_dir / "upper", created);
+  remove_tree(bundle);
+  remove_tree(state);
+  ::unlink(plan_file.c_str());
+  if (setup_error) throw Error(error_status, "sandbox setup failed: " + error_msg);
+
+  r.timed_out = sv.timed_out;
+  r.cancelled = sv.cancelled;
+  int ws = st.wait_status;
+  if (sv.killed) {
+    r.signal = SIGKILL;
+    r.exit_code = 128 + SIGKILL;
+  } else if (WIFEXITED(ws)) {
+    r.exit_code = WEXITSTATUS(ws);  // runsc exits with the command's status (128+n: signal n)
+    if (r.exit_code > 128 && r.exit_code < 128 + 65) r.signal = r.exit_code - 128;
+  } else if (WIFSIGNALED(ws)) {
+    r.signal = WTERMSIG(ws);  // runsc itself was killed (e.g. by the OOM killer)
+    r.exit_code = 128 + r.signal;
+  }
+  r.oom_killed = cs.oom_killed;
+  r.stdout_bytes = sv.stdout_bytes;
+  r.stderr_bytes = sv.stderr_bytes;
+  Resources& res = r.resources;
+  const rusage& u = st.usage;
+  res.elapsed_s = std::chrono::duration<double>(sv.elapsed).count();
+  res.user_time_us = cs.user_us.value_or(u.ru_utime.tv_sec * 1000000 + u.ru_utime.tv_usec);
+  res.sys_time_us = cs.system_us.value_or(u.ru_stime.tv_sec * 1000000 + u.ru_stime.tv_usec);
+  res.max_rss_kb = u.ru_maxrss;
+  res.memory_peak_bytes = cs.memory_peak_bytes;
+  res.minor_faults = u.ru_minflt;
+  res.major_faults = u.ru_majflt;
+  res.voluntary_ctx_switches = u.ru_nvcsw;
+  res.involuntary_ctx_switches = u.ru_nivcsw;
+  res.block_input_ops = u.ru_inblock;
+  res.block_output_ops = u.ru_oublock;
+  return r;
+}
+
+// ---------------------------------------------------------------- the init (after execve)
+
+[[noreturn]] void init_fail(int status, const std::string& msg) {
+  ChildMsg m;
+  m.add(msg.c_str());
+  send_error(kStatusFd, status, m);
+  _exit(1);
+}
+
+// Inside the chroot: 0 when the command can be executed, else 127 (not found) or 126 (not
+// executable), as a shell reports it.
+int command_status(const json& plan) {
+  std::string argv0 = plan["argv0"], cwd = plan["cwd"];
+  auto check = [](const std::string& p) {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0) return 127;
+    if (!S_ISREG(st.st_mode) || !(st.st_mode & 0111)) return 126;
+    return 0;
+  };
+  if (argv0.find('/') != std::string::npos)
+    return check(argv0[0] == '/' ? argv0 : cwd + "/" + argv0);
+  std::string path = plan["path"];
+  int best = 127;
+  size_t start = 0;
+  for (;;) {
+    size_t end = path.find(':', start);
+    std::string dir = path.substr(start, end == std::string::npos ? end : end - start);
+    if (dir.empty()) dir = cwd;
+    int st = check(dir + "/" + argv0);
+    if (st == 0) return 0;
+    best = std::min(best, st);
+    if (end == std::string::npos) return best;
+    start = end + 1;
+  }
+}
+
+// In a child chrooted into the merged root (so paths and symlinks resolve inside the image):
+// checks the cwd, injects the files and finds the command. Returns the command_status.
+int inject_files(const json& plan) {
+  pid_t pid = ::fork();
+  if (pid < 0) init_fail(500, "fork the file injector");
+  if (pid == 0) {
+    // The blobs are host files: open them before entering the image's root.
+    std::vector<UniqueFd> blobs;
+    for (const auto& f : plan["files"]) {
+      std::string blob = f["blob"];
+      blobs.emplace_back(::open(blob.c_str(), O_RDONLY | O_CLOEXEC));
+      if (!blobs.back()) init_fail(500, "open file blob " + blob);
+    }
+    std::string merged = plan["merged"];
+    if (::chroot(merged.c_str()) != 0 || ::chdir("/") != 0) init_fail(500, "chroot into the root");
+    size_t i = 0;
+    for (const auto& f : plan["files"]) {
+      std::string path = f["path"];
+      InjectedFile inj{path.c_str(), blobs[i++].get(),
+                       static_cast<mode_t>(f["mode"].get<unsigned>()), f["uid"].get<uid_t>(),
+                       f["gid"].get<gid_t>()};
+      int status = 500;
+      ChildMsg m;
+      if (inject_file(inj, &status, m) != 0) {
+        send_error(kStatusFd, status, m);
+        _exit(1);
+      }
+    }
+    std::string cwd = plan["cwd"];
+    struct stat st {};
+    if (::stat(cwd.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+      init_fail(400, "cwd not found: " + cwd);
+    if (::chdir(cwd.c_str()) != 0) init_fail(400, "cannot change to cwd " + cwd);
+    _exit(command_status(plan) == 0 ? 0 : 100 + command_status(plan) - 126);
+  }
+  int ws = 0;
+  while (::waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(ws) && WEXITSTATUS(ws) == 0) return 0;
+  if (WIFEXITED(ws) && (WEXITSTATUS(ws) == 100 || WEXITSTATUS(ws) == 101))
+    return 126 + WEXITSTATUS(ws) - 100;
+  _exit(1);  // the injector reported why
+}
+
+}  // namespace
+
+int gvisor_init_main(int argc, char** argv) {
+  if (argc < 3) return 2;
+  for (int fd = kFirstTaskFd; fd < 64; ++fd)
+    if (::fcntl(fd, F_GETFD) >= 0) {
+      if (::write(fd, "0", 1) != 1) init_fail(500, "join cgroup v1 (tasks)");
+      ::close(fd);
+    }
+  ::fcntl(kStatusFd, F_SETFD, FD_CLOEXEC);
+  json plan;
+  try {
+    plan = json::parse(read_file(argv[2]));
+  } catch (const std::exception& e) {
+    init_fail(500, std::string("read the run plan: ") + e.what());
+  }
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
+    init_fail(500, "make / private");
+  // A /proc of our own pid namespace: runsc creates its gofer through /proc/self/exe and
+  // fails with EPERM while /proc belongs to the parent namespace.
+  if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
+    init_fail(500, "mount /proc for the pid namespace");
+  std::vector<std::string> lowers = plan["lowers"].get<std::vector<std::string>>();
+  std::string upper = plan["upper"], work = plan["work"], merged = plan["merged"];
+  MountPlan mp;
+  for (const auto& l : lowers) mp.lowers.push_back(l.c_str());
+  mp.upper = upper.c_str();
+  mp.work = work.c_str();
+  mp.merged = merged.c_str();
+  ChildMsg m;
+  if (mount_overlay(mp, m) != 0) {
+    send_error(kStatusFd, 500, m);
+    _exit(1);
+  }
+  // Mount points runsc needs: made here (and removed from the upper after the run) when the
+  // image lacks them, so they never show up in the snapshot.
+  uid_t root = plan["root_uid"];
+  int created = 0;
+  struct Point {
+    const char* name;
+    int bit;
+    mode_t mode;
+  };
+  for (Point p : {Point{"proc", kCreatedProc, 0555}, Point{"dev", kCreatedDev, 0755},
+                  Point{"tmp", kCreatedTmp, 01777}}) {
+    std::string path = merged + "/" + p.name;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0) {
+      if (!S_ISDIR(st.st_mode))
+        init_fail(400, std::string("/") + p.name + " in the image is not a directory");
+      continue;
+    }
+    if (::mkdir(path.c_str(), p.mode) != 0 || ::chown(path.c_str(), root, root) != 0 ||
+        ::chmod(path.c_str(), p.mode) != 0)
+      init_fail(500, "create /" + std::string(p.name));
+    created |= p.bit;
+  }
+  if (created) send_record(kStatusFd, RecordType::kMountpoints, created);
+  int cmd = inject_files(plan);
+  send_record(kStatusFd, RecordType::kSpawned, 1);
+  if (cmd != 0) {  // as the namespace runtime (and a shell) reports it
+    std::string argv0 = plan["argv0"];
+    std::string msg = "coppice: " + argv0 +
+                      (cmd == 127 ? ": No such file or directory\n" : ": Permission denied\n");
+    [[maybe_unused]] ssize_t n = ::write(2, msg.data(), msg.size());
+    _exit(cmd);
+  }
+  std::vector<std::string> args = plan["runsc"].get<std::vector<std::string>>();
+  std::vector<char*> cargs;
+  for (auto& a : args) cargs.push_back(a.data());
+  cargs.push_back(nullptr);
+  std::string path_env = std::string("PATH=") + kDefaultPath;
+  char* envp[] = {path_env.data(), nullptr};
+  ::execve(cargs[0], cargs.data(), envp);
+  init_fail(500, "exec " + args[0] + ": " + std::strerror(errno));
+}
+
+std::unique_ptr<Runtime> make_gvisor_runtime(const GvisorConfig& cfg) {
+  if (cfg.runsc.empty())
+    throw Error(500, "gvisor runtime: runsc not found (apt-get install runsc)");
+  return std::make_unique<GvisorRuntime>(cfg);
+}
+
+std::string find_runsc(const std::string& hint) {
+  std::vector<std::string> candidates;
+  if (!hint.empty()) {
+    candidates.push_back(hint);
+  } else {
+    for (const char* d : {"/usr/bin", "/usr/local/bin", "/usr/sbin", "/bin"})
+      candidates.push_back(std::string(d) + "/runsc");
+  }
+  for (const auto& c : candidates) {
+    if (::access(c.c_str(), X_OK) != 0) continue;
+    std::string cmd = c + " --version >/dev/null 2>&1";
+    if (std::system(cmd.c_str()) == 0) return c;
+  }
+  return "";
+}
+
+}  // namespace coppice::sandbox
