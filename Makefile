@@ -11,9 +11,9 @@ DEB_PACKAGES := build-essential cmake ninja-build pkg-config git \
   libseccomp-dev libarchive-dev libre2-dev libspdlog-dev libfmt-dev libcli11-dev \
   libcurl4-openssl-dev libgtest-dev libgmock-dev libbenchmark-dev clang-format \
   busybox-static python3 python3-pytest curl mmdebstrap \
-  docker-registry umoci skopeo apache2-utils runc zstd libedit2 tmux nodejs runsc
+  docker-registry umoci skopeo apache2-utils runc zstd libedit2 tmux nodejs runsc python3-pip
 
-.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci format clean
+.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci bench-sdk format clean
 
 deps:
 	@./scripts/install-deps.sh $(DEB_PACKAGES)
@@ -57,6 +57,9 @@ bench-cli: build
 
 bench-oci: build
 	./bench/oci_import.sh $(BUILD)
+
+bench-sdk: build
+	/usr/bin/python3 bench/sdk_bench.py $(BUILD)
 
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')
