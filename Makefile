@@ -13,7 +13,7 @@ DEB_PACKAGES := build-essential cmake ninja-build pkg-config git \
   busybox-static python3 python3-pytest curl mmdebstrap \
   docker-registry umoci skopeo apache2-utils runc zstd libedit2 tmux nodejs runsc python3-pip
 
-.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci bench-sdk format clean
+.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci bench-sdk bench-runtimes format clean
 
 deps:
 	@./scripts/install-deps.sh $(DEB_PACKAGES)
@@ -60,6 +60,9 @@ bench-oci: build
 
 bench-sdk: build
 	/usr/bin/python3 bench/sdk_bench.py $(BUILD)
+
+bench-runtimes: build
+	/usr/bin/python3 bench/runtime_bench.py $(BUILD)
 
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')

@@ -711,7 +711,18 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   if (res.cancelled) {
     status = "CANCELLED";
   } else if (!req.disposable) {
-    if (dir_is_empty(upper)) {
+    // preserve_env makes the run's environment part of the result: a new image even when no
+    // file changed, unless the environment is the image's already.
+    json config = img->config;
+    if (req.preserve_env) {
+      json e = json::object();
+      for (const auto& kv : spec.env) {
+        auto eq = kv.find('=');
+        e[kv.substr(0, eq)] = kv.substr(eq + 1);
+      }
+      config["env"] = e;
+    }
+    if (dir_is_empty(upper) && config == img->config) {
       result_uuid = img->uuid;  // nothing changed: same state, same UUID (contract §4)
     } else {
       layer_size = static_cast<int64_t>(tree_size(upper).bytes);
@@ -737,15 +748,7 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
         ni.operation_uuid = op_uuid;
         ni.created_us = now_us();
         ni.size_bytes = layer_size;
-        ni.config = img->config;
-        if (req.preserve_env) {
-          json e = json::object();
-          for (const auto& kv : spec.env) {
-            auto eq = kv.find('=');
-            e[kv.substr(0, eq)] = kv.substr(eq + 1);
-          }
-          ni.config["env"] = e;
-        }
+        ni.config = config;
         layers_.commit_layer(upper, ni.layer_id);
         result_uuid = ni.uuid;
         new_image = std::move(ni);

@@ -100,7 +100,12 @@ Supervised supervise(SuperviseIo& io, const RunSpec& spec, RunObserver& observer
     set_nonblock(stdin_wr.get());
   std::vector<char> buf(kChunk);
 
+  auto read_extra = [&] {
+    if (extra >= 0 && !io.on_extra()) extra = -1;
+  };
   auto read_output = [&](OutputStream& s) {
+    // A status record written just before this output may not have been polled yet.
+    read_extra();
     for (int i = 0; i < 16; ++i) {  // bounded, so one busy stream cannot starve the rest
       ssize_t n = ::read(s.fd.get(), buf.data(), buf.size());
       if (n < 0 && errno == EINTR) continue;
@@ -118,10 +123,6 @@ Supervised supervise(SuperviseIo& io, const RunSpec& spec, RunObserver& observer
       if (un < buf.size()) return;
     }
   };
-  auto read_extra = [&] {
-    if (extra >= 0 && !io.on_extra()) extra = -1;
-  };
-
   const auto deadline = t0 + spec.timeout;
   bool exited = false;
   auto kill_once = [&] {
@@ -153,9 +154,11 @@ Supervised supervise(SuperviseIo& io, const RunSpec& spec, RunObserver& observer
       r.timed_out = true;
       kill_once();
     }
+    // The runtime's status (the spawn record among it) before the output, so a command's
+    // first bytes never overtake the news that it started.
+    if (i_extra >= 0 && fds[i_extra].revents) read_extra();
     if (i_out >= 0 && fds[i_out].revents) read_output(streams[0]);
     if (i_err >= 0 && fds[i_err].revents) read_output(streams[1]);
-    if (i_extra >= 0 && fds[i_extra].revents) read_extra();
     if (i_in >= 0 && fds[i_in].revents) {
       if (fds[i_in].revents & (POLLERR | POLLHUP)) {
         stdin_wr.reset();

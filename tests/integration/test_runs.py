@@ -64,6 +64,13 @@ def test_preserve_env(client, busybox):
     img = client.run(busybox, "touch /marker", env={"KEEP": "yes"},
                      preserve_env=True)["result_image_uuid"]
     assert stdout_of(client.run(img, "echo $KEEP")) == "yes\n"
+    # no file changed, but the environment is kept: that is a new state, so a new image
+    img2 = client.run(busybox, "true", env={"ONLY": "env"}, preserve_env=True)["result_image_uuid"]
+    assert img2 != busybox
+    assert stdout_of(client.run(img2, "echo $ONLY")) == "env\n"
+    # the same environment again changes nothing: the same image
+    again = client.run(img2, "true", env={"ONLY": "env"}, preserve_env=True)
+    assert again["result_image_uuid"] == img2
 
 
 def test_timeout_kills_everything(client, busybox):
