@@ -86,16 +86,18 @@ void Api::whoami(Exchange& ex) {
   json perms = {{"spawn", true},  {"spawn_disposable", true}, {"list", true},
                 {"cancel", true}, {"import", true},           {"set_image_tag", true}};
   const auto& cfg = engine_.config();
-  ex.reply_json(200, {{"token_uuid", ex.token_uuid},
-                      {"token_expiration", nullptr},
-                      {"permissions", perms},
-                      {"limits",
-                       {{"instance_max_timeout", cfg.limits.max_timeout_s},
-                        {"instance_max_concurrency", cfg.workers},
-                        {"images_import_max_timeout", 3600}}},
-                      {"operations_stat", json::object()},
-                      {"project", ex.project},
-                      {"runtimes", cfg_.runtimes}});
+  ex.reply_json(
+      200, {{"token_uuid", ex.token_uuid},
+            {"token_expiration", nullptr},
+            {"permissions", perms},
+            {"limits",
+             {{"instance_max_timeout", cfg.limits.max_timeout_s},
+              {"instance_max_concurrency", cfg.workers},
+              {"images_import_max_timeout", 3600}}},
+            {"operations_stat", json::object()},
+            {"project", ex.project},
+            {"runtimes", cfg_.runtimes},
+            {"runtime_details", cfg_.runtime_details ? cfg_.runtime_details() : json::object()}});
 }
 
 store::Page parse_page(const Query& q) {

@@ -2,6 +2,7 @@
 // object serves every connection; handlers are thread-safe.
 #pragma once
 
+#include <functional>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -16,6 +17,8 @@ struct ApiConfig {
   uint64_t max_upload = 1ull << 30;   // bytes per POST /v1/files
   int sse_keepalive_s = 15;
   std::vector<std::string> runtimes{"namespace"};
+  // Facts per runtime for whoami's `runtime_details` (e.g. the microVM's accelerator).
+  std::function<nlohmann::json()> runtime_details;
 };
 
 class Api {

@@ -130,6 +130,8 @@ class Runtime {
   // (a platform failure); a command that fails to exec reports exit_code 127 and a message
   // on stderr instead.
   virtual RunResult run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) = 0;
+  // Facts worth showing in whoami (a JSON object as text), e.g. the microVM's accelerator.
+  virtual std::string details_json() const { return "{}"; }
 };
 
 struct NamespaceConfig {
@@ -167,6 +169,34 @@ std::unique_ptr<Runtime> make_gvisor_runtime(const GvisorConfig& cfg);
 // The runsc to use: `hint` when it is a path, else runsc on PATH; "" when none runs
 // (`runsc --version` is tried once).
 std::string find_runsc(const std::string& hint = "");
+
+struct MicrovmConfig {
+  std::string qemu;                         // qemu-system-x86_64 (machine q35)
+  std::string bios;                         // qboot.rom when present (faster than SeaBIOS)
+  fs::path kernel;                          // /boot/vmlinuz-*-cloud-amd64
+  fs::path modules_dir;                     // /lib/modules/<its version>
+  std::string mkfs;                         // mkfs.ext4
+  std::string agent;                        // the static guest agent (coppice-guest-agent)
+  fs::path state_dir;                       // initramfs and cached image disks
+  std::string self_exe = "/proc/self/exe";  // dispatches `__microvm-mkimage`
+  std::string accel = "auto";               // auto (probe KVM once, else TCG) | kvm | tcg
+  uid_t uid_base = 100000;  // QEMU runs as this uid; image owners are unshifted from it
+  uid_t uid_range = 65536;
+  gid_t kvm_gid = 0;                             // group that may open /dev/kvm (0: none)
+  uint64_t default_memory_bytes = 512ull << 20;  // guest RAM unless the run asks
+  uint64_t scratch_bytes = 4ull << 30;           // the guest's writable disk (sparse)
+  std::chrono::seconds boot_timeout{60};  // TCG boots take seconds (3 s here, more when busy)
+  std::string cgroup_name = "coppice-microvm";
+  // Why this configuration cannot run VMs ("" when it can).
+  bool usable(std::string* why) const;
+};
+
+// The microVM runtime (microvm_runtime.cc): one QEMU VM per run with our guest agent.
+std::unique_ptr<Runtime> make_microvm_runtime(const MicrovmConfig& cfg);
+// What this host offers: QEMU, the newest cloud kernel and its modules, mkfs.ext4, group kvm.
+MicrovmConfig find_microvm(const fs::path& state_dir, const std::string& agent);
+// `SELF __microvm-mkimage PLAN.json`: builds an image disk inside a user namespace.
+int microvm_mkimage_main(int argc, char** argv);
 
 // The init of a gVisor run, as `SELF __gvisor-init PLAN.json` (see gvisor_runtime.cc):
 // mounts the overlay, creates mount points, injects files, then execs runsc.

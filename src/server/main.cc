@@ -49,6 +49,7 @@ struct ServeOptions {
   std::string runtime = "namespace";          // the default runtime
   std::string runsc;                          // path of runsc ("" = look on PATH)
   std::string gvisor_platform = "ptrace";
+  std::string microvm_accel = "auto";  // auto | kvm | tcg | off
 };
 
 int serve(const Paths& paths, const ServeOptions& o) {
@@ -94,11 +95,34 @@ int serve(const Paths& paths, const ServeOptions& o) {
                 "runsc not found or not working: install it (apt-get install runsc) or "
                 "pass --runsc PATH");
   }
+  // The microVM runtime is offered when QEMU, a cloud kernel and the guest agent are here.
+  std::unique_ptr<sandbox::Runtime> microvm;
+  if (o.microvm_accel != "off") {
+    std::error_code ec;
+    auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    auto mc = sandbox::find_microvm(layers.root() / "microvm",
+                                    (self.parent_path() / "coppice-guest-agent").string());
+    mc.accel = o.microvm_accel;
+    mc.uid_base = ns.uid_base;
+    mc.uid_range = ns.uid_range;
+    mc.cgroup_name = ns.cgroup_name + "-microvm";
+    std::string why;
+    if (mc.usable(&why)) {
+      microvm = sandbox::make_microvm_runtime(mc);
+      spdlog::info("microvm runtime available: {}", microvm->details_json());
+    } else if (o.runtime == "microvm") {
+      throw Error(400, "--runtime microvm: " + why);
+    } else {
+      spdlog::info("microvm runtime not available: {}", why);
+    }
+  }
   sandbox::Runtime* default_runtime = runtime.get();
   if (o.runtime == "gvisor")
     default_runtime = gvisor.get();
+  else if (o.runtime == "microvm")
+    default_runtime = microvm.get();
   else if (o.runtime != "namespace")
-    throw Error(400, "--runtime must be namespace or gvisor, not " + o.runtime);
+    throw Error(400, "--runtime must be namespace, gvisor or microvm, not " + o.runtime);
   engine::EngineConfig ec;
   ec.workers = o.workers;
   ec.flatten_depth = o.flatten_depth;
@@ -114,12 +138,18 @@ int serve(const Paths& paths, const ServeOptions& o) {
     ec.registry.mirrors[m.substr(0, eq)] = m.substr(eq + 1);
   }
   engine::Engine engine(ec, *meta, layers, *default_runtime);
-  for (sandbox::Runtime* r : {runtime.get(), gvisor.get()})
+  for (sandbox::Runtime* r : {runtime.get(), gvisor.get(), microvm.get()})
     if (r && r != default_runtime) engine.add_runtime(*r);
   engine.recover();
   engine.start();
   api::ApiConfig ac;
   ac.runtimes = engine.runtime_names();
+  ac.runtime_details = [&] {
+    nlohmann::json d = nlohmann::json::object();
+    for (sandbox::Runtime* r : {runtime.get(), gvisor.get(), microvm.get()})
+      if (r) d[r->name()] = nlohmann::json::parse(r->details_json());
+    return d;
+  };
   api::Api api(ac, engine);
   api::HttpServer server(api, o.listen, layers.tmp_path(""));
   spdlog::info("coppiced listening on {} (port {}), data dir {}", o.listen, server.port(),
@@ -147,6 +177,8 @@ int main(int argc, char** argv) {
   // The init of a gVisor run re-executes this binary (see sandbox/gvisor_runtime.cc).
   if (argc >= 2 && std::string_view(argv[1]) == "__gvisor-init")
     return sandbox::gvisor_init_main(argc, argv);
+  if (argc >= 2 && std::string_view(argv[1]) == "__microvm-mkimage")
+    return sandbox::microvm_mkimage_main(argc, argv);
   CLI::App app{"coppiced: branching sandboxes behind a ConTree-compatible API"};
   app.require_subcommand(1);
   Paths paths;
@@ -185,10 +217,15 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--registry-mirror", so.registry_mirrors,
                         "pull mirror REGISTRY=URL, e.g. docker.io=http://10.0.0.5:5000 "
                         "(repeatable)");
-  serve_cmd->add_option("--runtime", so.runtime, "default sandbox runtime: namespace | gvisor")
+  serve_cmd
+      ->add_option("--runtime", so.runtime, "default sandbox runtime: namespace | gvisor | microvm")
       ->capture_default_str();
   serve_cmd->add_option("--runsc", so.runsc, "gVisor's runsc (default: runsc on PATH, if any)");
   serve_cmd->add_option("--gvisor-platform", so.gvisor_platform, "runsc --platform: ptrace | kvm")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--microvm-accel", so.microvm_accel,
+                   "microvm runtime: auto (probe KVM once, else TCG) | kvm | tcg | off")
       ->capture_default_str();
   serve_cmd->add_option("--log-level", so.log_level, "trace|debug|info|warn|error")
       ->capture_default_str();

@@ -1,0 +1,95 @@
+"""The microvm runtime (one QEMU VM per run, software emulation here): the behaviours of
+test_runs.py, in few runs because each boot costs seconds under TCG. Skipped only when the
+server reports that QEMU or a cloud kernel is missing (`make test` installs both)."""
+import time
+
+import pytest
+
+from coppice_client import Client, stdout_of
+
+
+@pytest.fixture(scope="module")
+def vm(server):
+    c = Client(server.url, server.token, runtime="microvm")
+    who = c.get("/v1/whoami").json()
+    assert "microvm" in who["runtimes"], who
+    return c
+
+
+def listing(client, image, path):
+    r = client.get(f"/v1/inspect/{image}/list", params={"path": path})
+    assert r.status == 200, r.body
+    return {f["path"]: f for f in r.json()["files"]}
+
+
+def test_snapshot_deletions_opaque_symlinks_owners(vm, client, busybox):
+    f = vm.upload(b"#!/bin/sh\necho injected\n")
+    op = vm.run(busybox, "/bin/sh", shell=False, args=["-c", (
+        "rm /etc/hostname; mkdir -p /w/sub; echo 1 > /w/sub/old; echo 2 > /w/keep; "
+        "ln -s /w/keep /w/link; chown 5:6 /w/keep; chmod 640 /w/keep; /opt/run.sh; "
+        "echo \"$FOO $(pwd) $(hostname)\"; cat; echo to-stderr >&2; exit 3")],
+        env={"FOO": "bar"}, cwd="/tmp", hostname="vm1",
+        stdin={"value": "aW5wdXQ=", "encoding": "base64"},
+        files={"/opt/run.sh": {"uuid": f["uuid"], "mode": "0750", "uid": 7, "gid": 8}})
+    assert op["status"] == "SUCCESS", op
+    res = op["metadata"]["result"]
+    assert res["state"]["exit_code"] == 3
+    assert stdout_of(op) == "injected\nbar /tmp vm1\ninput"
+    assert res["stderr"]["value"] == "to-stderr\n"
+    assert res["resources"]["elapsed_time"] > 0
+    a = op["result_image_uuid"]
+    assert a and a != busybox
+    w = listing(client, a, "/w")
+    assert w["keep"]["uid"] == 5 and w["keep"]["gid"] == 6 and w["keep"]["mode"] & 0o777 == 0o640
+    assert w["link"]["is_symlink"] and w["link"]["symlink_to"] == "/w/keep"
+    opt = listing(client, a, "/opt")["run.sh"]
+    assert (opt["uid"], opt["gid"], opt["mode"] & 0o7777) == (7, 8, 0o750)
+    assert "hostname" not in listing(client, a, "/etc")
+    assert client.get(f"/v1/inspect/{a}/download", params={"path": "/w/keep"}).body == b"2\n"
+    # an opaque directory from a second VM run, read back by the namespace runtime
+    b = vm.run(a, "rm -rf /w/sub && mkdir /w/sub && echo new > /w/sub/h")["result_image_uuid"]
+    out = stdout_of(client.run(b, "ls /w/sub; cat /w/keep; test -e /etc/hostname || echo gone"))
+    assert out == "h\n2\ngone\n"
+    # the parent is untouched (branching)
+    assert stdout_of(client.run(a, "ls /w/sub")) == "old\n"
+
+
+def test_nothing_changed_disposable_and_output_cap(vm, busybox):
+    same = vm.run(busybox, "cat /etc/passwd > /dev/null")
+    assert same["status"] == "SUCCESS" and same["result_image_uuid"] == busybox
+    op = vm.run(busybox, "yes | head -c 100000; echo x > /y", disposable=True, truncate_output_at=1000)
+    assert op["status"] == "SUCCESS" and op["result_image_uuid"] is None
+    out = op["metadata"]["result"]["stdout"]
+    assert out["truncated"] is True and len(out["value"]) == 1000
+
+
+def test_timeout_uid_and_missing_command(vm, busybox):
+    t0 = time.time()
+    op = vm.run(busybox, "id -u; id -g; sleep 100", uid=1000, gid=1001, timeout=2, disposable=True)
+    st = op["metadata"]["result"]["state"]
+    assert st["timed_out"] is True and st["signal"] == 9
+    assert stdout_of(op) == "1000\n1001\n"
+    assert time.time() - t0 < 60
+    missing = vm.run(busybox, "/no/such/binary", shell=False, disposable=True)
+    assert missing["metadata"]["result"]["state"]["exit_code"] == 127
+
+
+def test_no_network_and_cancel(vm, busybox):
+    # the VM has no network device: only lo
+    out = stdout_of(vm.run(busybox, "sed -n 's/^ *\\([a-z0-9]*\\):.*/\\1/p' /proc/net/dev",
+                           disposable=True))
+    assert out == "lo\n"
+    op = vm.spawn(busybox, "sleep 60")
+    for _ in range(600):
+        if vm.get(f"/v1/operations/{op}").json()["status"] == "EXECUTING":
+            break
+        time.sleep(0.05)
+    assert vm.request("DELETE", f"/v1/operations/{op}").status == 202
+    final = vm.wait(op, timeout=60)
+    assert final["status"] == "CANCELLED" and final["result_image_uuid"] is None
+
+
+def test_whoami_reports_the_accelerator(vm):
+    d = vm.get("/v1/whoami").json()["runtime_details"]["microvm"]
+    assert d["accel"] in ("kvm", "tcg") and d["kvm_probe"]
+    assert d["last_boot_ms"] > 0
