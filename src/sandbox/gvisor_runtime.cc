@@ -112,16 +112,6 @@ json oci_config(const RunSpec& spec, const GvisorConfig& cfg) {
          json::array({{{"containerID", 0}, {"hostID", cfg.uid_base}, {"size", cfg.uid_range}}})}}}};
 }
 
-// The cgroup v1 `tasks` files the init joins by writing "0" (raw fds, closed on scope exit).
-struct TaskFds {
-  std::vector<int> fds;
-  ~TaskFds() { close_all(); }
-  void close_all() {
-    for (int fd : fds) ::close(fd);
-    fds.clear();
-  }
-};
-
 class GvisorRuntime final : public Runtime {
  public:
   explicit GvisorRuntime(const GvisorConfig& cfg) : cfg_(cfg), cgroups_(cfg.cgroup_name) {}
@@ -131,33 +121,6 @@ class GvisorRuntime final : public Runtime {
  private:
   GvisorConfig cfg_;
   CgroupManager cgroups_;
-};
-
-struct GvisorRun {
-  std::unique_ptr<RunCgroups> cgroups;
-  pid_t pid = -1;
-  UniqueFd pidfd;
-  bool reaped = false;
-  int wait_status = 0;
-  rusage usage{};
-  void kill() {
-    if (pid <= 0 || reaped) return;
-    if (cgroups) cgroups->kill_all();
-    ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
-  }
-  void reap() {
-    if (pid <= 0 || reaped) return;
-    while (::wait4(pid, &wait_status, __WALL, &usage) < 0 && errno == EINTR) {
-    }
-    reaped = true;
-  }
-  ~GvisorRun() {
-    if (pid > 0 && !reaped) {
-      kill();
-      reap();
-    }
-    if (cgroups) cgroups->remove();
-  }
 };
 
 RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) {
@@ -198,7 +161,7 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   write_file_atomic(plan_file, plan.dump(), false);
 
   Pipe status, in, out, err;
-  GvisorRun st;
+  SandboxProcess st;
   CgroupLimits lim;
   lim.memory_bytes =
       spec.limits.memory_bytes ? spec.limits.memory_bytes : cfg_.default_memory_bytes;
@@ -319,19 +282,7 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   r.oom_killed = cs.oom_killed;
   r.stdout_bytes = sv.stdout_bytes;
   r.stderr_bytes = sv.stderr_bytes;
-  Resources& res = r.resources;
-  const rusage& u = st.usage;
-  res.elapsed_s = std::chrono::duration<double>(sv.elapsed).count();
-  res.user_time_us = cs.user_us.value_or(u.ru_utime.tv_sec * 1000000 + u.ru_utime.tv_usec);
-  res.sys_time_us = cs.system_us.value_or(u.ru_stime.tv_sec * 1000000 + u.ru_stime.tv_usec);
-  res.max_rss_kb = u.ru_maxrss;
-  res.memory_peak_bytes = cs.memory_peak_bytes;
-  res.minor_faults = u.ru_minflt;
-  res.major_faults = u.ru_majflt;
-  res.voluntary_ctx_switches = u.ru_nvcsw;
-  res.involuntary_ctx_switches = u.ru_nivcsw;
-  res.block_input_ops = u.ru_inblock;
-  res.block_output_ops = u.ru_oublock;
+  fill_resources(r.resources, st.usage, cs, sv.elapsed);
   return r;
 }
 

@@ -390,41 +390,6 @@ class ChangeWriter {
   uid_t base_, range_;
 };
 
-struct TaskFdList {
-  std::vector<int> fds;
-  ~TaskFdList() { close_all(); }
-  void close_all() {
-    for (int fd : fds) ::close(fd);
-    fds.clear();
-  }
-};
-
-struct VmProcess {
-  std::unique_ptr<RunCgroups> cgroups;
-  pid_t pid = -1;
-  UniqueFd pidfd;
-  bool reaped = false;
-  int wait_status = 0;
-  void kill() {
-    if (pid <= 0 || reaped) return;
-    if (cgroups) cgroups->kill_all();
-    ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
-  }
-  void reap() {
-    if (pid <= 0 || reaped) return;
-    while (::waitpid(pid, &wait_status, __WALL) < 0 && errno == EINTR) {
-    }
-    reaped = true;
-  }
-  ~VmProcess() {
-    if (pid > 0 && !reaped) {
-      kill();
-      reap();
-    }
-    if (cgroups) cgroups->remove();
-  }
-};
-
 RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) {
   validate_spec(spec, cfg_.uid_range);
   prepare_run_dir(spec.run_dir, cfg_.uid_base);
@@ -521,14 +486,14 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   av.push_back(nullptr);
   char* envp[] = {nullptr};
 
-  VmProcess vmp;
+  SandboxProcess vmp;
   CgroupLimits lim;
   lim.memory_bytes = (std::max<uint64_t>(mem_mb, 128) << 20) + (256ull << 20);  // guest + QEMU
   lim.pids = 256;
   lim.cpus = spec.limits.cpus;
   vmp.cgroups = cgroups_.create(lim);
   Pipe err_pipe;
-  TaskFdList task_fds{vmp.cgroups->open_v1_task_files()};
+  TaskFds task_fds{vmp.cgroups->open_v1_task_files()};
   uid_t uid = cfg_.uid_base;
   gid_t kvm_gid = cfg_.kvm_gid;
   int err_wr = err_pipe.wr.get();
@@ -715,18 +680,21 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   r.stdout_bytes = exit_info.value("stdout_bytes", kept[0]);
   r.stderr_bytes = exit_info.value("stderr_bytes", kept[1]);
   r.oom_killed = cs.oom_killed;
-  Resources& res = r.resources;
-  res.elapsed_s = std::chrono::duration<double>(elapsed).count();
-  res.user_time_us = exit_info.value("user_us", 0L);
-  res.sys_time_us = exit_info.value("sys_us", 0L);
-  res.max_rss_kb = exit_info.value("max_rss_kb", 0L);
-  res.memory_peak_bytes = cs.memory_peak_bytes;
-  res.minor_faults = exit_info.value("minflt", 0L);
-  res.major_faults = exit_info.value("majflt", 0L);
-  res.voluntary_ctx_switches = exit_info.value("nvcsw", 0L);
-  res.involuntary_ctx_switches = exit_info.value("nivcsw", 0L);
-  res.block_input_ops = exit_info.value("inblock", 0L);
-  res.block_output_ops = exit_info.value("oublock", 0L);
+  // The guest's own accounting of the command, plus the cgroup's view of the whole VM.
+  rusage u{};
+  u.ru_utime = {exit_info.value("user_us", 0L) / 1000000, exit_info.value("user_us", 0L) % 1000000};
+  u.ru_stime = {exit_info.value("sys_us", 0L) / 1000000, exit_info.value("sys_us", 0L) % 1000000};
+  u.ru_maxrss = exit_info.value("max_rss_kb", 0L);
+  u.ru_minflt = exit_info.value("minflt", 0L);
+  u.ru_majflt = exit_info.value("majflt", 0L);
+  u.ru_nvcsw = exit_info.value("nvcsw", 0L);
+  u.ru_nivcsw = exit_info.value("nivcsw", 0L);
+  u.ru_inblock = exit_info.value("inblock", 0L);
+  u.ru_oublock = exit_info.value("oublock", 0L);
+  CgroupStats guest = cs;
+  guest.user_us.reset();  // the cgroup's CPU time is QEMU's (emulation included), not the command's
+  guest.system_us.reset();
+  fill_resources(r.resources, u, guest, elapsed);
   remove_tree(vm);
   return r;
 }

@@ -515,25 +515,7 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   r.stdout_bytes = sv.stdout_bytes;
   r.stderr_bytes = sv.stderr_bytes;
 
-  Resources& res = r.resources;
-  const rusage& u = st.usage;
-  res.elapsed_s = std::chrono::duration<double>(elapsed).count();
-  res.user_time_us = cs.user_us.value_or(u.ru_utime.tv_sec * 1000000 + u.ru_utime.tv_usec);
-  res.sys_time_us = cs.system_us.value_or(u.ru_stime.tv_sec * 1000000 + u.ru_stime.tv_usec);
-  res.max_rss_kb = u.ru_maxrss;
-  res.memory_peak_bytes = cs.memory_peak_bytes;
-  res.shared_memory = u.ru_ixrss;
-  res.unshared_memory = u.ru_idrss + u.ru_isrss;
-  res.swaps = u.ru_nswap;
-  res.minor_faults = u.ru_minflt;
-  res.major_faults = u.ru_majflt;
-  res.voluntary_ctx_switches = u.ru_nvcsw;
-  res.involuntary_ctx_switches = u.ru_nivcsw;
-  res.block_input_ops = u.ru_inblock;
-  res.block_output_ops = u.ru_oublock;
-  res.ipc_msgs_sent = u.ru_msgsnd;
-  res.ipc_msgs_received = u.ru_msgrcv;
-  res.signals_received = u.ru_nsignals;
+  fill_resources(r.resources, st.usage, cs, elapsed);
   return r;
 }
 

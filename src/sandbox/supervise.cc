@@ -5,6 +5,8 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -54,6 +56,53 @@ SigpipeBlock::~SigpipeBlock() {
   while (::sigtimedwait(&set_, nullptr, &zero) > 0) {
   }
   ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+}
+
+SandboxProcess::~SandboxProcess() {
+  if (pid > 0 && !reaped) {
+    kill();
+    reap();
+  }
+  if (cgroups) cgroups->remove();
+}
+
+void SandboxProcess::kill() {
+  if (pid <= 0 || reaped) return;
+  if (cgroups) cgroups->kill_all();
+  ::syscall(SYS_pidfd_send_signal, pidfd.get(), SIGKILL, nullptr, 0);
+}
+
+void SandboxProcess::reap() {
+  if (pid <= 0 || reaped) return;
+  while (::wait4(pid, &wait_status, __WALL, &usage) < 0 && errno == EINTR) {
+  }
+  reaped = true;
+}
+
+void TaskFds::close_all() {
+  for (int fd : fds) ::close(fd);
+  fds.clear();
+}
+
+void fill_resources(Resources& res, const rusage& u, const CgroupStats& cs,
+                    Clock::duration elapsed) {
+  res.elapsed_s = std::chrono::duration<double>(elapsed).count();
+  res.user_time_us = cs.user_us.value_or(u.ru_utime.tv_sec * 1000000 + u.ru_utime.tv_usec);
+  res.sys_time_us = cs.system_us.value_or(u.ru_stime.tv_sec * 1000000 + u.ru_stime.tv_usec);
+  res.max_rss_kb = u.ru_maxrss;
+  res.memory_peak_bytes = cs.memory_peak_bytes;
+  res.shared_memory = u.ru_ixrss;
+  res.unshared_memory = u.ru_idrss + u.ru_isrss;
+  res.swaps = u.ru_nswap;
+  res.minor_faults = u.ru_minflt;
+  res.major_faults = u.ru_majflt;
+  res.voluntary_ctx_switches = u.ru_nvcsw;
+  res.involuntary_ctx_switches = u.ru_nivcsw;
+  res.block_input_ops = u.ru_inblock;
+  res.block_output_ops = u.ru_oublock;
+  res.ipc_msgs_sent = u.ru_msgsnd;
+  res.ipc_msgs_received = u.ru_msgrcv;
+  res.signals_received = u.ru_nsignals;
 }
 
 void validate_spec(const RunSpec& spec, uid_t uid_range) {

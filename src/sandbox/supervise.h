@@ -5,13 +5,17 @@
 // do not depend on the runtime.
 #pragma once
 
+#include <sys/resource.h>
 #include <sys/types.h>
 
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <vector>
 
 #include "common/fd.h"
+#include "sandbox/cgroups.h"
 #include "sandbox/runtime.h"
 
 namespace coppice::sandbox {
@@ -40,6 +44,38 @@ class SigpipeBlock {
  private:
   sigset_t set_, old_;
 };
+
+// The top process of a sandbox that lives outside our address space (runsc, QEMU): killed
+// (through its cgroups and pidfd) and reaped on destruction if the run did not get that far,
+// then its cgroups are removed.
+struct SandboxProcess {
+  std::unique_ptr<RunCgroups> cgroups;
+  pid_t pid = -1;
+  UniqueFd pidfd;
+  bool reaped = false;
+  int wait_status = 0;
+  rusage usage{};
+  SandboxProcess() = default;
+  SandboxProcess(const SandboxProcess&) = delete;
+  SandboxProcess& operator=(const SandboxProcess&) = delete;
+  ~SandboxProcess();
+  void kill();
+  void reap();
+};
+
+// The cgroup v1 `tasks` files a child joins by writing "0" (raw fds, closed on scope exit).
+struct TaskFds {
+  std::vector<int> fds;
+  explicit TaskFds(std::vector<int> f) : fds(std::move(f)) {}
+  TaskFds(const TaskFds&) = delete;
+  TaskFds& operator=(const TaskFds&) = delete;
+  ~TaskFds() { close_all(); }
+  void close_all();
+};
+
+// Resources from what the kernel accounted: cgroup CPU times when known, else rusage.
+void fill_resources(Resources& res, const rusage& u, const CgroupStats& cs,
+                    Clock::duration elapsed);
 
 // Throws a 400 Error naming the first problem of `spec` that every runtime refuses (empty or
 // NUL-bearing argv, bad env entries, relative cwd, ids at or above `uid_range`, bad
