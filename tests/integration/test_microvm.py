@@ -1,6 +1,7 @@
 """The microvm runtime (one QEMU VM per run, software emulation here): the behaviours of
 test_runs.py, in few runs because each boot costs seconds under TCG. Skipped only when the
 server reports that QEMU or a cloud kernel is missing (`make test` installs both)."""
+import os
 import time
 
 import pytest
@@ -22,7 +23,7 @@ def listing(client, image, path):
     return {f["path"]: f for f in r.json()["files"]}
 
 
-def test_snapshot_deletions_opaque_symlinks_owners(vm, client, busybox):
+def test_snapshot_deletions_opaque_symlinks_owners(server, vm, client, busybox):
     f = vm.upload(b"#!/bin/sh\necho injected\n")
     op = vm.run(busybox, "/bin/sh", shell=False, args=["-c", (
         "rm /etc/hostname; mkdir -p /w/sub; echo 1 > /w/sub/old; echo 2 > /w/keep; "
@@ -46,6 +47,11 @@ def test_snapshot_deletions_opaque_symlinks_owners(vm, client, busybox):
     assert (opt["uid"], opt["gid"], opt["mode"] & 0o7777) == (7, 8, 0o750)
     assert "hostname" not in listing(client, a, "/etc")
     assert client.get(f"/v1/inspect/{a}/download", params={"path": "/w/keep"}).body == b"2\n"
+    # on the host, the guest's files belong to the unprivileged range, never to host root
+    owners = [os.stat(os.path.join(root, "keep")).st_uid
+              for root, _, files in os.walk(os.path.join(str(server.data_dir), "layers"))
+              if "keep" in files]
+    assert owners and all(uid == 100005 for uid in owners), owners
     # an opaque directory from a second VM run, read back by the namespace runtime
     b = vm.run(a, "rm -rf /w/sub && mkdir /w/sub && echo new > /w/sub/h")["result_image_uuid"]
     out = stdout_of(client.run(b, "ls /w/sub; cat /w/keep; test -e /etc/hostname || echo gone"))
@@ -74,11 +80,17 @@ def test_timeout_uid_and_missing_command(vm, busybox):
     assert missing["metadata"]["result"]["state"]["exit_code"] == 127
 
 
-def test_no_network_and_cancel(vm, busybox):
-    # the VM has no network device: only lo
-    out = stdout_of(vm.run(busybox, "sed -n 's/^ *\\([a-z0-9]*\\):.*/\\1/p' /proc/net/dev",
-                           disposable=True))
-    assert out == "lo\n"
+def test_no_network_no_host_view_and_cancel(vm, busybox, tmp_path):
+    canary = tmp_path / "host-canary"
+    canary.write_text("secret")
+    # the VM has no network device (only lo), its own kernel's processes, no host files
+    out = stdout_of(vm.run(busybox, (
+        "sed -n 's/^ *\\([a-z0-9]*\\):.*/\\1/p' /proc/net/dev; ls /proc | grep -c '^[0-9]'; "
+        f"cat {canary} 2>/dev/null || echo no-canary; "
+        "grep -l 'coppice[d]' /proc/[0-9]*/cmdline 2>/dev/null || echo no-server"), disposable=True))
+    lines = out.splitlines()
+    assert lines[0] == "lo" and int(lines[1]) < 100, out  # the guest's own, mostly kernel threads
+    assert lines[2:] == ["no-canary", "no-server"], out
     op = vm.spawn(busybox, "sleep 60")
     for _ in range(600):
         if vm.get(f"/v1/operations/{op}").json()["status"] == "EXECUTING":
