@@ -48,10 +48,11 @@ def test_snapshot_deletions_opaque_symlinks_owners(server, vm, client, busybox):
     assert "hostname" not in listing(client, a, "/etc")
     assert client.get(f"/v1/inspect/{a}/download", params={"path": "/w/keep"}).body == b"2\n"
     # on the host, the guest's files belong to the unprivileged range, never to host root
-    owners = [os.stat(os.path.join(root, "keep")).st_uid
-              for root, _, files in os.walk(os.path.join(str(server.data_dir), "layers"))
-              if "keep" in files]
-    assert owners and all(uid == 100005 for uid in owners), owners
+    # (the image's own layer is DATA/layers/<its uuid>; other tests' layers may hold a "keep")
+    layer = os.path.join(str(server.data_dir), "layers", a)
+    assert os.stat(os.path.join(layer, "w", "keep")).st_uid == 100005
+    assert os.stat(os.path.join(layer, "opt", "run.sh")).st_uid == 100007
+    assert os.stat(os.path.join(layer, "w")).st_uid == 100000
     # an opaque directory from a second VM run, read back by the namespace runtime
     b = vm.run(a, "rm -rf /w/sub && mkdir /w/sub && echo new > /w/sub/h")["result_image_uuid"]
     out = stdout_of(client.run(b, "ls /w/sub; cat /w/keep; test -e /etc/hostname || echo gone"))
