@@ -218,24 +218,10 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   int created = 0;
   bool setup_error = false;
   int error_status = 500;
-  std::string error_msg, status_buf;
+  std::string error_msg;
+  StatusReader status_reader(status.rd.get());
   auto read_status = [&]() {
-    char buf[sizeof(StatusRecord)];
-    bool open = true;
-    for (;;) {
-      ssize_t n = ::read(status.rd.get(), buf, sizeof buf);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        open = n != 0;
-        break;
-      }
-      status_buf.append(buf, static_cast<size_t>(n));
-    }
-    while (status_buf.size() >= sizeof(StatusRecord)) {
-      StatusRecord rec;
-      memcpy(&rec, status_buf.data(), sizeof rec);
-      status_buf.erase(0, sizeof rec);
-      rec.msg[sizeof rec.msg - 1] = 0;
+    return status_reader.read([&](const StatusRecord& rec) {
       if (rec.type == RecordType::kMountpoints) created |= rec.a;
       if (rec.type == RecordType::kSpawned) {
         r.pid = rec.a;
@@ -246,8 +232,7 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
         error_status = rec.status;
         error_msg = rec.msg;
       }
-    }
-    return open;
+    });
   };
   SuperviseIo io;
   io.stdout_rd = std::move(out.rd);

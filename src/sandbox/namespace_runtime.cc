@@ -44,7 +44,6 @@ namespace coppice::sandbox {
 
 namespace {
 
-constexpr size_t kChunk = 64 * 1024;
 constexpr size_t kChildStack = 256 * 1024;
 
 // Everything the sandbox's processes need, built before clone().
@@ -423,29 +422,14 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   // sync.wr stays open until the end of the run (the child's "server alive" check).
 
   RunResult r;
-  std::string status_buf;
   bool setup_error = false, have_exit = false;
   int error_status = 500, exit_status = 0;
   std::string error_msg;
-  std::vector<char> buf(kChunk);
 
   // Records from the sandbox's init (status pipe); false at EOF.
+  StatusReader status_reader(status.rd.get());
   auto read_status = [&]() {
-    bool open = true;
-    for (;;) {
-      ssize_t n = ::read(status.rd.get(), buf.data(), buf.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        open = n != 0;
-        break;
-      }
-      status_buf.append(buf.data(), static_cast<size_t>(n));
-    }
-    while (status_buf.size() >= sizeof(StatusRecord)) {
-      StatusRecord rec;
-      memcpy(&rec, status_buf.data(), sizeof rec);
-      status_buf.erase(0, sizeof rec);
-      rec.msg[sizeof rec.msg - 1] = 0;
+    return status_reader.read([&](const StatusRecord& rec) {
       switch (rec.type) {
         case RecordType::kMountpoints:
           st.created_mountpoints |= rec.a;
@@ -466,8 +450,7 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
           exit_status = rec.b;
           break;
       }
-    }
-    return open;
+    });
   };
 
   SuperviseIo io;

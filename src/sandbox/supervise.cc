@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "common/error.h"
@@ -56,6 +57,28 @@ SigpipeBlock::~SigpipeBlock() {
   while (::sigtimedwait(&set_, nullptr, &zero) > 0) {
   }
   ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+}
+
+bool StatusReader::read(const std::function<void(const StatusRecord&)>& on_record) {
+  bool open = true;
+  char chunk[4096];
+  for (;;) {
+    ssize_t n = ::read(fd_, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      open = n != 0;
+      break;
+    }
+    buf_.append(chunk, static_cast<size_t>(n));
+  }
+  while (buf_.size() >= sizeof(StatusRecord)) {
+    StatusRecord rec;
+    memcpy(&rec, buf_.data(), sizeof rec);
+    buf_.erase(0, sizeof rec);
+    rec.msg[sizeof rec.msg - 1] = 0;
+    on_record(rec);
+  }
+  return open;
 }
 
 SandboxProcess::~SandboxProcess() {

@@ -16,6 +16,7 @@
 
 #include "common/fd.h"
 #include "sandbox/cgroups.h"
+#include "sandbox/child_msg.h"
 #include "sandbox/runtime.h"
 
 namespace coppice::sandbox {
@@ -76,6 +77,20 @@ struct TaskFds {
 // Resources from what the kernel accounted: cgroup CPU times when known, else rusage.
 void fill_resources(Resources& res, const rusage& u, const CgroupStats& cs,
                     Clock::duration elapsed);
+
+// Reads the records a sandbox's init writes to its status pipe (child_msg.h), which may arrive
+// split across reads.
+class StatusReader {
+ public:
+  explicit StatusReader(int fd) : fd_(fd) {}
+  // Reads what the (non-blocking) pipe holds and hands each complete record to `on_record`.
+  // Returns false once the pipe reached EOF.
+  bool read(const std::function<void(const StatusRecord&)>& on_record);
+
+ private:
+  int fd_;
+  std::string buf_;
+};
 
 // Throws a 400 Error naming the first problem of `spec` that every runtime refuses (empty or
 // NUL-bearing argv, bad env entries, relative cwd, ids at or above `uid_range`, bad
