@@ -584,15 +584,21 @@ void Engine::worker_loop() {
       else
         execute(job.op, job.req);
     } catch (const std::exception& e) {
-      spdlog::error("op={} failed: {}", job.op->record().uuid, e.what());
+      // A cancel the server accepted ends the operation CANCELLED, whatever the interrupted
+      // work threw on its way out (a sandbox killed in the middle of its setup, say).
+      const bool cancelled = job.op->cancel_token().cancelled();
+      if (cancelled)
+        spdlog::warn("op={} cancelled; it stopped with: {}", job.op->record().uuid, e.what());
+      else
+        spdlog::error("op={} failed: {}", job.op->record().uuid, e.what());
       std::string what = e.what();
       try {
         if (!job.op->finished())
           finish(
               job.op,
               [&](OperationRecord& r) {
-                r.status = "FAILED";
-                r.error = what;
+                r.status = cancelled ? "CANCELLED" : "FAILED";
+                if (!cancelled) r.error = what;
               },
               std::nullopt);
       } catch (const std::exception& e2) {

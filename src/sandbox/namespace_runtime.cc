@@ -473,7 +473,9 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
     remove_created_mountpoints(st.upper, st.created_mountpoints);
     st.created_mountpoints = 0;
   }
-  if (setup_error) throw Error(error_status, "sandbox setup failed: " + error_msg);
+  // A kill (cancel, timeout) can cut the setup short: the kill is the outcome then.
+  if (setup_error && !sv.killed)
+    throw Error(error_status, "sandbox setup failed: " + error_msg);
 
   int ws;
   if (have_exit) {

@@ -143,8 +143,16 @@ def test_cancel_running_pending_and_finished(client, busybox):
     ops = [client.spawn(busybox, "sleep 30") for _ in range(3)]
     for o in ops:
         assert client.request("DELETE", f"/v1/operations/{o}").status == 202
+    # and at points spread over the sandbox's start (mounts, file injection, the runtime's
+    # own start-up): a cancel that lands in the middle of the setup is still a cancel
+    for delay in (0.02, 0.05, 0.1, 0.15, 0.25, 0.4):
+        o = client.spawn(busybox, "sleep 30")
+        time.sleep(delay)
+        assert client.request("DELETE", f"/v1/operations/{o}").status == 202
+        ops.append(o)
     for o in ops:
-        assert client.wait(o)["status"] == "CANCELLED"
+        final = client.wait(o)
+        assert final["status"] == "CANCELLED", final
         ev = client.events(o)
         # every instance log has the main process's exit before the completion (SDK requirement)
         assert [e["type"] for e in ev][-2:] == ["exit", "completion"] and ev[-2]["spid"] == 1
