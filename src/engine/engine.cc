@@ -635,6 +635,7 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
     spec.lower_layers = image_layers(*img);
   }
   spec.run_dir = layers_.run_path(op_uuid);
+  spec.keep_changes = !req.disposable;
   spec.argv = req.argv();
   // Environment: defaults, then the image's preserved env, then the request.
   std::map<std::string, std::string> env{

@@ -47,9 +47,32 @@ int g_ctl = -1;
   for (;;) ::pause();
 }
 
+// After the guest's last frame: wait (bounded) for the host's kDone, which says the frames
+// queued on the port have all been read, then power off.
+[[noreturn]] void finish() {
+  if (g_ctl >= 0) {
+    pollfd p{g_ctl, POLLIN, 0};
+    char buf[64];
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      until - std::chrono::steady_clock::now())
+                      .count();
+      if (left <= 0) break;
+      int rc = ::poll(&p, 1, static_cast<int>(left));
+      if (rc < 0 && errno == EINTR) continue;
+      if (rc <= 0) break;
+      ssize_t n = ::read(g_ctl, buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0 || std::memchr(buf, kDone, static_cast<size_t>(n))) break;
+    }
+  }
+  power_off();
+}
+
 [[noreturn]] void fail(const std::string& msg) {
   if (g_ctl >= 0) write_frame(g_ctl, kError, msg);
-  power_off();
+  finish();
 }
 
 std::string read_text(const std::string& p) {
@@ -437,5 +460,5 @@ int main() {
     send_changes("/rw/upper", "");
     write_frame(g_ctl, kEnd, "");
   }
-  power_off();
+  finish();
 }

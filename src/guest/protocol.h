@@ -2,7 +2,9 @@
 // virtio-serial port named "coppice". Frames: 1 byte type, 4 bytes little-endian payload length,
 // payload. Host → guest: one kSpec frame. Guest → host: kStarted, then kStdout/kStderr chunks,
 // kExit, then (for non-disposable runs) the filesystem changes as kEntry headers each followed
-// by kData chunks for regular files and one kEnd, then the guest powers off.
+// by kData chunks for regular files and one kEnd. The host answers the guest's last frame (kEnd,
+// kExit of a disposable run, or kError) with kDone, and only then the guest powers off: a
+// virtio-serial write returns once queued, so a guest that powered off at once could lose it.
 #pragma once
 
 #include <unistd.h>
@@ -26,6 +28,7 @@ enum FrameType : uint8_t {
                  // whiteout), mode, uid, gid, mtime, target, opaque
   kData = 'D',   // bytes of the last kEntry file
   kEnd = 'Z',    // no more changes
+  kDone = 'K',   // host -> guest: everything arrived, power off
 };
 
 constexpr uint32_t kMaxFrame = 64u << 20;  // the spec carries the injected files

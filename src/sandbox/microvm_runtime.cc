@@ -427,7 +427,7 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
                 {"timeout_ms", spec.timeout.count()},
                 {"truncate", spec.truncate_output_at},
                 {"files", files},
-                {"changes", true}};
+                {"changes", spec.keep_changes}};
   bool has_path = false;
   for (const auto& e : spec.env) has_path = has_path || e.rfind("PATH=", 0) == 0;
   if (!has_path) gspec["env"].push_back(std::string("PATH=") + kDefaultPath);
@@ -574,6 +574,11 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   auto deadline = boot_deadline;
   std::vector<char> buf(1 << 16);
   bool vm_exited = false;
+  // The guest waits for this before it powers off (see guest/protocol.h); a lost one costs
+  // the guest's 10 s wait, never a result.
+  auto send_done = [&] {
+    if (ctl) (void)g::write_frame(ctl.get(), g::kDone, "");
+  };
   while (!vm_exited) {
     pollfd p[3] = {{ctl.get(), POLLIN, 0}, {vmp.pidfd.get(), POLLIN, 0}, {cancel.fd(), POLLIN, 0}};
     int left = static_cast<int>(std::clamp<int64_t>(
@@ -630,9 +635,11 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
               exit_info = json::parse(payload);
               got_exit = true;
               if (spec.timeout.count() >= 0) deadline = Clock::now() + std::chrono::seconds(120);
+              if (!spec.keep_changes) send_done();
               break;
             case g::kError:
               guest_error = payload;
+              send_done();
               break;
             case g::kEntry:
               changes.entry(json::parse(payload));
@@ -642,9 +649,11 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
               break;
             case g::kEnd:
               got_end = true;
+              send_done();
               break;
             case g::kSpec:
-              throw Error(502, "microvm: the guest sent a spec frame");
+            case g::kDone:
+              throw Error(502, "microvm: the guest sent a host-to-guest frame");
           }
         }
       }
@@ -665,7 +674,7 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   if (!got_exit && !killed)
     throw Error(500, "microvm: the VM stopped without reporting the command's exit" +
                          (qemu_err.empty() ? std::string() : ": " + qemu_err.substr(0, 300)));
-  if (got_exit && !got_end && !killed)
+  if (got_exit && !got_end && !killed && spec.keep_changes)
     throw Error(500, "microvm: the VM stopped before sending the filesystem changes");
   if (killed && !got_exit) {
     r.signal = SIGKILL;

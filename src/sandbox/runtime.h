@@ -60,6 +60,9 @@ struct RunSpec {
   std::chrono::milliseconds timeout{60000};
   uint64_t truncate_output_at = 1 << 20;  // per stream; output beyond is counted, not kept
   Limits limits;
+  // False when the caller will discard run_dir/upper (a disposable run): a runtime that has
+  // to copy the changes out of its sandbox (microvm) may skip that work.
+  bool keep_changes = true;
 };
 
 enum class Stream { kStdout, kStderr };
