@@ -250,8 +250,7 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   remove_tree(state);
   ::unlink(plan_file.c_str());
   // A kill (cancel, timeout) can cut the setup short: the kill is the outcome then.
-  if (setup_error && !sv.killed)
-    throw Error(error_status, "sandbox setup failed: " + error_msg);
+  if (setup_error && !sv.killed) throw Error(error_status, "sandbox setup failed: " + error_msg);
 
   r.timed_out = sv.timed_out;
   r.cancelled = sv.cancelled;

@@ -474,8 +474,7 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
     st.created_mountpoints = 0;
   }
   // A kill (cancel, timeout) can cut the setup short: the kill is the outcome then.
-  if (setup_error && !sv.killed)
-    throw Error(error_status, "sandbox setup failed: " + error_msg);
+  if (setup_error && !sv.killed) throw Error(error_status, "sandbox setup failed: " + error_msg);
 
   int ws;
   if (have_exit) {
