@@ -262,7 +262,7 @@ RunCgroups::~RunCgroups() {
     remove();
   }
   if (v2_fd_ >= 0) ::close(v2_fd_);
-  for (int fd : task_fds_) ::close(fd);
+  close_v1_task_files();
 }
 
 std::vector<int> RunCgroups::open_v1_task_files() {
@@ -274,6 +274,11 @@ std::vector<int> RunCgroups::open_v1_task_files() {
     task_fds_.push_back(fd);
   }
   return task_fds_;
+}
+
+void RunCgroups::close_v1_task_files() {
+  for (int fd : task_fds_) ::close(fd);
+  task_fds_.clear();
 }
 
 void RunCgroups::attach_v2(pid_t pid) {

@@ -78,8 +78,11 @@ class RunCgroups {
   int v2_fd() const { return v2_fd_; }
   // Moving another process in through cgroup.procs takes the same global lock, so the v1
   // groups are joined by the sandbox's init itself: it writes "0" to these `tasks` files
-  // (opened here, before clone) as its first action. Throws coppice::Error.
+  // (opened here, before clone) as its first action. Throws coppice::Error. The fds stay
+  // ours: close_v1_task_files() (or the destructor) closes them, never the caller.
   std::vector<int> open_v1_task_files();
+  // Closes the fds of open_v1_task_files() (once the child has its copies).
+  void close_v1_task_files();
   // Moves `pid` (host pid) into the cgroup2 group through cgroup.procs (the fallback when
   // clone3(CLONE_INTO_CGROUP) is unavailable). Throws coppice::Error.
   void attach_v2(pid_t pid);

@@ -35,6 +35,7 @@
 #include "sandbox/cgroups.h"
 #include "sandbox/child_msg.h"
 #include "sandbox/mounts.h"
+#include "sandbox/run_dir.h"
 #include "sandbox/runtime.h"
 #include "sandbox/supervise.h"
 
@@ -168,8 +169,7 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   lim.pids = spec.limits.pids ? spec.limits.pids : cfg_.default_pids;
   lim.cpus = spec.limits.cpus;
   st.cgroups = cgroups_.create(lim);
-  TaskFds task_guard{st.cgroups->open_v1_task_files()};
-  const std::vector<int>& task_fds = task_guard.fds;
+  const std::vector<int> task_fds = st.cgroups->open_v1_task_files();
 
   // Everything the child touches between clone and execve, prepared now.
   std::string exe = cfg_.self_exe, arg1 = "__gvisor-init", arg2 = plan_file.string();
@@ -212,7 +212,7 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   out.wr.reset();
   err.wr.reset();
   status.wr.reset();
-  task_guard.close_all();
+  st.cgroups->close_v1_task_files();
 
   RunResult r;
   int created = 0;

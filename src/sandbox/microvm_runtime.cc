@@ -51,6 +51,7 @@
 #include "guest/protocol.h"
 #include "sandbox/cgroups.h"
 #include "sandbox/mounts.h"
+#include "sandbox/run_dir.h"
 #include "sandbox/runtime.h"
 #include "sandbox/supervise.h"
 #include "sandbox/user_ns.h"
@@ -493,7 +494,7 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   lim.cpus = spec.limits.cpus;
   vmp.cgroups = cgroups_.create(lim);
   Pipe err_pipe;
-  TaskFds task_fds{vmp.cgroups->open_v1_task_files()};
+  const std::vector<int> task_fds = vmp.cgroups->open_v1_task_files();
   uid_t uid = cfg_.uid_base;
   gid_t kvm_gid = cfg_.kvm_gid;
   int err_wr = err_pipe.wr.get();
@@ -511,7 +512,7 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   if (rc == 0) {
     // QEMU as the unprivileged sandbox-root uid (plus group kvm when KVM is used), in the
     // run's v1 cgroups too (hybrid hosts).
-    for (int fd : task_fds.fds)
+    for (int fd : task_fds)
       if (::write(fd, "0", 1) != 1) _exit(125);
     ::dup2(err_wr, 2);
     int null = ::open("/dev/null", O_RDWR);
@@ -530,7 +531,7 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   vmp.pid = static_cast<pid_t>(rc);
   vmp.pidfd.reset(pidfd);
   if (vmp.cgroups->v2_fd() < 0) vmp.cgroups->attach_v2(vmp.pid);
-  task_fds.close_all();
+  vmp.cgroups->close_v1_task_files();
   err_pipe.wr.reset();
   set_nonblock(err_pipe.rd.get());
 

@@ -1,13 +1,13 @@
 // The sandbox's filesystem: an overlay of the image layers with a writable upper, the usual
 // pseudo filesystems on top, pivot_root into it, and files injected before the command runs.
 //
-// Everything marked "child" runs between clone() and execve() in the sandbox's init process:
-// it uses only syscalls and the pre-built C strings of a MountPlan (no allocation).
+// Everything marked "child" runs in a sandbox's init process (the namespace runtime's
+// coppice-sandbox-init, the gVisor runtime's init): only syscalls and the C strings of a
+// MountPlan, no allocation. The host side of a run directory is in run_dir.h.
 #pragma once
 
 #include <sys/types.h>
 
-#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -53,13 +53,5 @@ int ensure_tmp(int* created, ChildMsg& err) noexcept;
 // parents (0755, 0:0), create/truncate the file, copy the blob, chown and chmod it.
 // Returns 0, or -1 with *status = 400 (bad path) or 500 and `err` filled.
 int inject_file(const InjectedFile& f, int* status, ChildMsg& err) noexcept;
-
-// Parent, before the run: creates run_dir/{upper,work,merged}; upper and work belong to
-// `root` (the host uid of sandbox root), upper is 0755 (it becomes the image root's mode).
-void prepare_run_dir(const std::filesystem::path& run_dir, uid_t root);
-
-// Parent, after the run: removes from `upper` the mount-point directories the child created
-// (bits of `created`), as long as they are still empty directories.
-void remove_created_mountpoints(const std::filesystem::path& upper, int created);
 
 }  // namespace coppice::sandbox

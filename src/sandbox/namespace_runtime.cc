@@ -3,10 +3,11 @@
 // no_new_privs and seccomp. See runtime.h for the contract.
 //
 // Process tree of a run:
-//   server thread (run())         clone()  ->  sandbox init (pid 1, our code)
-//                                                 fork -> command (pid 2, execve)
-// Between clone() and execve() the children only use syscalls and data prepared before the
-// clone (ChildPlan): the server is multi-threaded, so malloc or any lock could deadlock.
+//   server thread (run())  clone() -> execve(coppice-sandbox-init)  (pid 1, ns_init.h)
+//                                       fork -> command (pid 2, execve)
+// Between clone() and the init's execve() the child runs a copy of the server, which is
+// multi-threaded: it only makes syscalls on data prepared before the clone (Launch), since
+// malloc or any lock could deadlock there.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <limits.h>
@@ -15,7 +16,6 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <optional>
 
 #include "common/error.h"
@@ -33,8 +34,9 @@
 #include "sandbox/caps.h"
 #include "sandbox/cgroups.h"
 #include "sandbox/child_msg.h"
-#include "sandbox/mounts.h"
 #include "sandbox/network.h"
+#include "sandbox/ns_init.h"
+#include "sandbox/run_dir.h"
 #include "sandbox/runtime.h"
 #include "sandbox/seccomp_filter.h"
 #include "sandbox/supervise.h"
@@ -44,185 +46,65 @@ namespace coppice::sandbox {
 
 namespace {
 
-constexpr size_t kChildStack = 256 * 1024;
+using nlohmann::json;
+constexpr size_t kChildStack = 64 * 1024;
 
-// Everything the sandbox's processes need, built before clone().
-struct ChildPlan {
-  // Owned storage the C-string views below point into.
-  std::vector<std::string> lower_paths;
-  std::string upper, work, merged, hostname, cwd, argv0;
-  std::vector<std::string> argv_store, env_store, candidate_store, file_paths;
-  std::vector<UniqueFd> blob_fds;
-
-  MountPlan mounts;
-  std::vector<char*> argv, envp;
-  std::vector<const char*> candidates;  // full paths to try with execve, in order
-  std::vector<InjectedFile> files;
-  std::vector<int> keep_fds;  // sorted; every other fd is closed in the child
-  uid_t uid = 0;
-  gid_t gid = 0;
-  int sync_rd = -1, status_wr = -1, stdin_rd = -1, stdout_wr = -1, stderr_wr = -1;
-  std::vector<int> cgroup_task_fds;  // v1 `tasks` files init writes "0" to (joins itself)
-  const CapPolicy* caps = nullptr;
-  const SeccompPolicy* seccomp = nullptr;
+// What the cloned child needs until it has exec'd the init, built before clone().
+struct Launch {
+  std::vector<int> fds;    // fds[i] becomes fd i in the init (see ns_init.h)
+  std::vector<int> moved;  // scratch for the child, fds.size() entries
+  int first_task_fd = 0;   // v1 `tasks` files at [first_task_fd, init_fd): joined, then closed
+  int init_fd = 0;         // the init binary (last of fds)
+  char* argv[2] = {nullptr, nullptr};
+  char* envp[1] = {nullptr};
 };
 
-// ---------------------------------------------------------------- child side (no allocation)
-
-[[noreturn]] void child_fail(const ChildPlan& p, int status, const ChildMsg& m) {
-  send_error(p.status_wr, status, m);
+[[noreturn]] void launch_fail(const char* what) {
+  ChildMsg m;
+  m.add(what).add_errno(errno);
+  send_error(ns_init::kStatusFd, 500, m);
   _exit(1);
 }
 
-[[noreturn]] void child_fail_errno(const ChildPlan& p, const char* what) {
-  ChildMsg m;
-  m.add(what).add_errno(errno);
-  child_fail(p, 500, m);
-}
-
-void close_other_fds(const std::vector<int>& keep) {
-  unsigned next = 3;
-  for (int k : keep) {
-    if (k < 3 || static_cast<unsigned>(k) < next) continue;
-    if (static_cast<unsigned>(k) > next) ::syscall(SYS_close_range, next, k - 1, 0);
-    next = static_cast<unsigned>(k) + 1;
-  }
-  ::syscall(SYS_close_range, next, ~0U, 0);
-}
-
-void reset_signals() {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = SIG_DFL;
-  for (int s = 1; s < _NSIG; ++s)
-    if (s != SIGKILL && s != SIGSTOP) ::sigaction(s, &sa, nullptr);
-  sigset_t none;
-  sigemptyset(&none);
-  ::sigprocmask(SIG_SETMASK, &none, nullptr);
-}
-
-void move_fd(int from, int to) {
-  if (from == to)
-    ::fcntl(to, F_SETFD, 0);
-  else
-    ::dup2(from, to);
-}
-
-[[noreturn]] void command_main(const ChildPlan& p) {
-  move_fd(p.stdin_rd, 0);
-  move_fd(p.stdout_wr, 1);
-  move_fd(p.stderr_wr, 2);
-  if (drop_bounding_set(*p.caps) != 0) child_fail_errno(p, "drop capability bounding set");
-  if (switch_identity(p.uid, p.gid) != 0) child_fail_errno(p, "switch to the command's uid/gid");
-  if (restrict_capabilities(*p.caps, p.uid == 0) != 0) child_fail_errno(p, "capset");
-  if (::chdir(p.cwd.c_str()) != 0) {
-    int e = errno;
-    ChildMsg m;
-    if (e == ENOENT || e == ENOTDIR)
-      m.add("cwd not found: ").add(p.cwd.c_str());
-    else
-      m.add("cannot change to cwd ").add(p.cwd.c_str()).add_errno(e);
-    child_fail(p, 400, m);
-  }
-  if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) child_fail_errno(p, "PR_SET_NO_NEW_PRIVS");
-  ::syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
-  if (p.seccomp->install() != 0) child_fail_errno(p, "load seccomp filter");
-
-  int err = ENOENT;
-  if (p.candidates.empty()) {
-    ::execve(p.argv0.c_str(), p.argv.data(), p.envp.data());
-    err = errno;
-  } else {
-    bool eacces = false;
-    for (const char* c : p.candidates) {
-      ::execve(c, p.argv.data(), p.envp.data());
-      if (errno == EACCES) {
-        eacces = true;
-      } else if (errno != ENOENT && errno != ENOTDIR) {
-        err = errno;
-        break;
-      }
-    }
-    if (err == ENOENT && eacces) err = EACCES;
-  }
-  ChildMsg m;
-  m.add("coppice: ").add(p.argv0.c_str()).add_errno(err).add("\n");
-  write_all(2, m.buf, m.len);
-  _exit(err == ENOENT || err == ENOTDIR ? 127 : 126);
-}
-
-// The sandbox's pid 1.
-int init_main(void* arg) {
-  const ChildPlan& p = *static_cast<const ChildPlan*>(arg);
-  close_other_fds(p.keep_fds);
-  reset_signals();
-  // Join the v1 cgroups first, before we allocate anything (still host root here).
-  for (int fd : p.cgroup_task_fds) {
-    if (::write(fd, "0", 1) != 1) child_fail_errno(p, "join cgroup v1 (tasks)");
+// The child of clone(), still the server's code: fds into place, join the v1 cgroups (as
+// host root), wait for the id maps, become root of the user namespace, exec the init.
+int launch_init(void* arg) {
+  Launch& l = *static_cast<Launch*>(arg);
+  const int n = static_cast<int>(l.fds.size());
+  // Duplicate every source above every target first, so that no dup2 overwrites a source.
+  for (int i = 0; i < n; ++i) l.moved[i] = ::fcntl(l.fds[i], F_DUPFD, n);
+  for (int i = 0; i < n; ++i) ::dup2(l.moved[i], i);
+  ::syscall(SYS_close_range, static_cast<unsigned>(n), ~0U, 0);
+  for (int fd = l.first_task_fd; fd < l.init_fd; ++fd) {
+    if (::write(fd, "0", 1) != 1) launch_fail("join cgroup v1 (tasks)");
     ::close(fd);
   }
   char go;
-  ssize_t n;
-  do n = ::read(p.sync_rd, &go, 1);
-  while (n < 0 && errno == EINTR);
-  if (n != 1) _exit(1);  // the server gave up on us
-
-  if (become_namespace_root() != 0) child_fail_errno(p, "setresuid(0) in the user namespace");
-  // Credential changes reset the parent-death signal, so arm it now. The server keeps the
-  // sync pipe's write end open for the whole run: a hangup means it died before that.
+  ssize_t r;
+  do r = ::read(ns_init::kSyncFd, &go, 1);
+  while (r < 0 && errno == EINTR);
+  if (r != 1) _exit(1);  // the server gave up on us
+  // execve keeps the capabilities of the user namespace only for its root.
+  if (become_namespace_root() != 0) launch_fail("setresuid(0) in the user namespace");
+  // Credential changes reset the parent-death signal, so arm it now (execve keeps it).
   ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-  pollfd pf{p.sync_rd, POLLIN, 0};
-  if (::poll(&pf, 1, 0) > 0 && (pf.revents & (POLLHUP | POLLERR))) _exit(1);
-  ::setsid();
+  ::fcntl(l.init_fd, F_SETFD, FD_CLOEXEC);
+  ::syscall(SYS_execveat, l.init_fd, "", l.argv, l.envp, AT_EMPTY_PATH);
+  launch_fail("exec coppice-sandbox-init");
+}
 
-  if (::unshare(CLONE_NEWCGROUP) != 0) child_fail_errno(p, "unshare(CLONE_NEWCGROUP)");
-  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
-    child_fail_errno(p, "make / private");
-  ChildMsg m;
-  if (mount_overlay(p.mounts, m) != 0) child_fail(p, 500, m);
-  if (::chdir(p.merged.c_str()) != 0) child_fail_errno(p, "chdir to the merged root");
-  int created = 0;
-  if (mount_pseudo_filesystems(&created, p.status_wr, m) != 0) child_fail(p, 500, m);
-  if (pivot_into_cwd(m) != 0) child_fail(p, 500, m);
-  int before = created;
-  if (ensure_tmp(&created, m) != 0) child_fail(p, 500, m);
-  if (created != before) send_record(p.status_wr, RecordType::kMountpoints, created);
-  if (::sethostname(p.hostname.data(), p.hostname.size()) != 0) child_fail_errno(p, "sethostname");
-  if (bring_up_loopback() != 0) child_fail_errno(p, "bring up lo");
-  for (const InjectedFile& f : p.files) {
-    int status = 500;
-    if (inject_file(f, &status, m) != 0) child_fail(p, status, m);
-    ::close(f.blob_fd);
-  }
+// A memfd holding `data`, for the init to read.
+UniqueFd memfd_with(const char* name, const std::string& data) {
+  UniqueFd fd(static_cast<int>(::syscall(SYS_memfd_create, name, MFD_CLOEXEC)));
+  if (!fd) throw sys_error("memfd_create");
+  if (!write_all(fd.get(), data.data(), data.size())) throw sys_error("write the run plan");
+  return fd;
+}
 
-  long pid = ::syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);  // fork without libc's atfork locks
-  if (pid == 0) command_main(p);
-  if (pid < 0) child_fail_errno(p, "fork the command");
-  send_record(p.status_wr, RecordType::kSpawned, static_cast<int32_t>(pid));
-  ::close(p.stdin_rd);
-  ::close(p.stdout_wr);
-  ::close(p.stderr_wr);
-  ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);  // the command must not ptrace or read us
-
-  // Reap everything; when the command exits, kill what is left and reap that too, so the
-  // rusage of every process adds up in ours (orphans left at init exit are not accounted).
-  int main_status = 0;
-  bool main_done = false;
-  for (;;) {
-    int st;
-    pid_t w = ::waitpid(-1, &st, __WALL);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      break;  // ECHILD
-    }
-    if (w == pid && !main_done) {
-      main_done = true;
-      main_status = st;
-      ::kill(-1, SIGKILL);
-    }
-  }
-  send_record(p.status_wr, RecordType::kExited, static_cast<int32_t>(pid), main_status);
-  _exit(0);
+fs::path default_init_path() {
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  return self.parent_path() / "coppice-sandbox-init";
 }
 
 // ---------------------------------------------------------------- parent side
@@ -230,46 +112,37 @@ int init_main(void* arg) {
 class NamespaceRuntime final : public Runtime {
  public:
   explicit NamespaceRuntime(const NamespaceConfig& cfg)
-      : cfg_(cfg),
-        caps_(docker_default_caps()),
-        cgroups_(cfg.cgroup_name),
-        netns_(cfg.netns_pool) {}
+      : cfg_(cfg), caps_(docker_default_caps()), cgroups_(cfg.cgroup_name), netns_(cfg.netns_pool) {
+    fs::path init = cfg.init_path.empty() ? default_init_path() : fs::path(cfg.init_path);
+    init_fd_.reset(::open(init.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!init_fd_)
+      throw sys_error("open the sandbox init " + init.string() +
+                      " (it is built next to coppiced: ninja coppice-sandbox-init)");
+    seccomp_fd_ = memfd_with("coppice-seccomp", seccomp_.serialized());
+  }
 
   std::string name() const override { return "namespace"; }
   RunResult run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) override;
 
  private:
-  void build_plan(const RunSpec& spec, ChildPlan& p) const;
+  // The init's plan (ns_init.h); opens the file blobs in plan order into `blobs`.
+  std::string build_plan(const RunSpec& spec, std::vector<UniqueFd>& blobs) const;
 
   NamespaceConfig cfg_;
   CapPolicy caps_;
   SeccompPolicy seccomp_;
   CgroupManager cgroups_;
   NetnsPool netns_;
+  UniqueFd init_fd_;     // coppice-sandbox-init, exec'd through this fd
+  UniqueFd seccomp_fd_;  // memfd with the seccomp programs, read by every init
 };
 
-void NamespaceRuntime::build_plan(const RunSpec& spec, ChildPlan& p) const {
-  for (const auto& l : spec.lower_layers) p.lower_paths.push_back(l.string());
-  p.upper = (spec.run_dir / "upper").string();
-  p.work = (spec.run_dir / "work").string();
-  p.merged = (spec.run_dir / "merged").string();
-  for (const auto& l : p.lower_paths) p.mounts.lowers.push_back(l.c_str());
-  p.mounts.upper = p.upper.c_str();
-  p.mounts.work = p.work.c_str();
-  p.mounts.merged = p.merged.c_str();
-  p.hostname = spec.hostname;
-  p.cwd = spec.cwd;
-  p.uid = spec.uid;
-  p.gid = spec.gid;
-
-  p.argv_store = spec.argv;
-  p.env_store = spec.env;
-  for (auto& a : p.argv_store) p.argv.push_back(a.data());
-  p.argv.push_back(nullptr);
-  for (auto& e : p.env_store) p.envp.push_back(e.data());
-  p.envp.push_back(nullptr);
-  p.argv0 = spec.argv[0];
-  if (p.argv0.find('/') == std::string::npos) {
+std::string NamespaceRuntime::build_plan(const RunSpec& spec, std::vector<UniqueFd>& blobs) const {
+  json lowers = json::array();
+  for (const auto& l : spec.lower_layers) lowers.push_back(l.string());
+  json candidates = json::array();
+  const std::string& argv0 = spec.argv[0];
+  if (argv0.find('/') == std::string::npos) {
     std::string path = kDefaultPath;
     for (const auto& e : spec.env)
       if (e.rfind("PATH=", 0) == 0) path = e.substr(5);
@@ -278,25 +151,33 @@ void NamespaceRuntime::build_plan(const RunSpec& spec, ChildPlan& p) const {
       size_t end = path.find(':', start);
       std::string dir = path.substr(start, end == std::string::npos ? end : end - start);
       if (dir.empty()) dir = ".";
-      p.candidate_store.push_back(dir + "/" + p.argv0);
+      candidates.push_back(dir + "/" + argv0);
       if (end == std::string::npos) break;
       start = end + 1;
     }
-    for (const auto& c : p.candidate_store) p.candidates.push_back(c.c_str());
   }
-
+  json files = json::array();
   for (const auto& f : spec.files) {
     UniqueFd fd(::open(f.host_blob.c_str(), O_RDONLY | O_CLOEXEC));
     if (!fd) throw sys_error(fmt::format("open file blob {} for {}", f.host_blob.string(), f.path));
-    p.file_paths.push_back(f.path);
-    p.blob_fds.push_back(std::move(fd));
+    blobs.push_back(std::move(fd));
+    files.push_back({{"path", f.path}, {"mode", f.mode}, {"uid", f.uid}, {"gid", f.gid}});
   }
-  for (size_t i = 0; i < spec.files.size(); ++i)
-    p.files.push_back(InjectedFile{p.file_paths[i].c_str(), p.blob_fds[i].get(),
-                                   static_cast<mode_t>(spec.files[i].mode), spec.files[i].uid,
-                                   spec.files[i].gid});
-  p.caps = &caps_;
-  p.seccomp = &seccomp_;
+  json plan = {{"lowers", std::move(lowers)},
+               {"upper", (spec.run_dir / "upper").string()},
+               {"work", (spec.run_dir / "work").string()},
+               {"merged", (spec.run_dir / "merged").string()},
+               {"hostname", spec.hostname},
+               {"cwd", spec.cwd},
+               {"uid", spec.uid},
+               {"gid", spec.gid},
+               {"argv", spec.argv},
+               {"env", spec.env},
+               {"argv0", argv0},
+               {"candidates", std::move(candidates)},
+               {"files", std::move(files)},
+               {"caps", {{"last_cap", caps_.last_cap}, {"keep", caps_.keep}}}};
+  return plan.dump();
 }
 
 // Kills and reaps the sandbox and removes what the run left, in the right order, whether
@@ -336,22 +217,13 @@ struct RunState {
     if (stack) ::munmap(stack, kChildStack);
   }
 };
-
 RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) {
   validate_spec(spec, cfg_.uid_range);
   prepare_run_dir(spec.run_dir, cfg_.uid_base);
-  ChildPlan p;
-  build_plan(spec, p);
+  std::vector<UniqueFd> blobs;
+  UniqueFd plan = memfd_with("coppice-plan", build_plan(spec, blobs));
 
   Pipe sync, status, in, out, err;
-  p.sync_rd = sync.rd.get();
-  p.status_wr = status.wr.get();
-  p.stdin_rd = in.rd.get();
-  p.stdout_wr = out.wr.get();
-  p.stderr_wr = err.wr.get();
-  p.keep_fds = {p.sync_rd, p.status_wr, p.stdin_rd, p.stdout_wr, p.stderr_wr};
-  for (const auto& f : p.blob_fds) p.keep_fds.push_back(f.get());
-
   RunState st;
   st.upper = spec.run_dir / "upper";
   CgroupLimits lim;
@@ -360,9 +232,19 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   lim.pids = spec.limits.pids ? spec.limits.pids : cfg_.default_pids;
   lim.cpus = spec.limits.cpus;
   st.cgroups = cgroups_.create(lim);
-  p.cgroup_task_fds = st.cgroups->open_v1_task_files();
-  for (int fd : p.cgroup_task_fds) p.keep_fds.push_back(fd);
-  std::sort(p.keep_fds.begin(), p.keep_fds.end());
+
+  // The init's fds, in the order of ns_init.h.
+  Launch l;
+  l.fds = {in.rd.get(),       out.wr.get(),  err.wr.get(),   plan.get(),
+           seccomp_fd_.get(), sync.rd.get(), status.wr.get()};
+  for (const auto& b : blobs) l.fds.push_back(b.get());
+  l.first_task_fd = static_cast<int>(l.fds.size());
+  for (int fd : st.cgroups->open_v1_task_files()) l.fds.push_back(fd);
+  l.init_fd = static_cast<int>(l.fds.size());
+  l.fds.push_back(init_fd_.get());
+  l.moved.resize(l.fds.size());
+  std::string arg0 = "coppice-sandbox-init";
+  l.argv[0] = arg0.data();
 
   st.stack = ::mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
@@ -370,7 +252,7 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
     st.stack = nullptr;
     throw sys_error("mmap child stack");
   }
-  SigpipeBlock sigpipe;  // before clone: the child resets its mask itself
+  SigpipeBlock sigpipe;  // before clone: the init resets its mask itself
 
   // The sandbox's network namespace comes from the pool: this thread enters it for the clone
   // (the child inherits it) and leaves it right after.
@@ -391,7 +273,7 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
     ca.exit_signal = SIGCHLD;
     ca.cgroup = static_cast<uint64_t>(st.cgroups->v2_fd());
     long rc = ::syscall(SYS_clone3, &ca, sizeof ca);
-    if (rc == 0) _exit(init_main(&p));
+    if (rc == 0) launch_init(&l);
     if (rc > 0) {
       pid = static_cast<pid_t>(rc);
       in_v2 = true;
@@ -400,8 +282,8 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
     }
   }
   if (pid < 0) {
-    pid = ::clone(init_main, static_cast<char*>(st.stack) + kChildStack,
-                  static_cast<int>(ns_flags) | CLONE_PIDFD | SIGCHLD, &p, &pidfd);
+    pid = ::clone(launch_init, static_cast<char*>(st.stack) + kChildStack,
+                  static_cast<int>(ns_flags) | CLONE_PIDFD | SIGCHLD, &l, &pidfd);
     if (pid < 0) throw sys_error("clone sandbox");
   }
   in_netns.reset();
@@ -414,7 +296,9 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   in.rd.reset();
   out.wr.reset();
   err.wr.reset();
-  p.blob_fds.clear();
+  blobs.clear();
+  plan.reset();
+  st.cgroups->close_v1_task_files();
 
   write_id_maps(pid, cfg_.uid_base, cfg_.uid_range);
   if (!in_v2) st.cgroups->attach_v2(pid);

@@ -16,23 +16,6 @@
 
 namespace coppice::sandbox {
 
-int bring_up_loopback() noexcept {
-  int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0) return -1;
-  ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
-  int rc = ::ioctl(s, SIOCGIFFLAGS, &ifr);
-  if (rc == 0 && !(ifr.ifr_flags & IFF_UP)) {
-    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-    rc = ::ioctl(s, SIOCSIFFLAGS, &ifr);
-  }
-  int e = errno;
-  ::close(s);
-  errno = e;
-  return rc;
-}
-
 namespace {
 UniqueFd open_thread_netns() {
   UniqueFd fd(::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC));

@@ -144,9 +144,12 @@ struct NamespaceConfig {
   uint64_t default_pids = 1024;
   std::string cgroup_name = "coppice";  // sub-cgroup created below our own in each hierarchy
   size_t netns_pool = 16;  // network namespaces made ahead of time (0: one per run, made inline)
+  std::string init_path;   // the sandbox init (ns_init.h); empty: coppice-sandbox-init next to
+                           // the running executable
 };
 
-// The default runtime: Linux namespaces + overlayfs + seccomp + cgroups, implemented in-process.
+// The default runtime: Linux namespaces + overlayfs + seccomp + cgroups; the sandbox's pid 1
+// is the small coppice-sandbox-init program (ns_init.h).
 // Construction detects the cgroup hierarchies available and kills/removes the run cgroups a
 // previous server process left behind (startup recovery).
 std::unique_ptr<Runtime> make_namespace_runtime(const NamespaceConfig& cfg);

@@ -174,17 +174,14 @@ std::vector<sock_filter> compile_extra() {
 
 }  // namespace
 
-SeccompPolicy::SeccompPolicy() : main_(compile_main()), extra_(compile_extra()) {
-  main_prog_.len = static_cast<unsigned short>(main_.size());
-  main_prog_.filter = main_.data();
-  extra_prog_.len = static_cast<unsigned short>(extra_.size());
-  extra_prog_.filter = extra_.data();
-}
+SeccompPolicy::SeccompPolicy() : main_(compile_main()), extra_(compile_extra()) {}
 
-int SeccompPolicy::install() const noexcept {
-  if (::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &main_prog_, 0, 0) != 0) return -1;
-  if (::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &extra_prog_, 0, 0) != 0) return -1;
-  return 0;
+std::string SeccompPolicy::serialized() const {
+  uint32_t n[2] = {static_cast<uint32_t>(main_.size()), static_cast<uint32_t>(extra_.size())};
+  std::string out(reinterpret_cast<const char*>(n), sizeof n);
+  out.append(reinterpret_cast<const char*>(main_.data()), main_.size() * sizeof(sock_filter));
+  out.append(reinterpret_cast<const char*>(extra_.data()), extra_.size() * sizeof(sock_filter));
+  return out;
 }
 
 }  // namespace coppice::sandbox

@@ -1,12 +1,13 @@
 // The seccomp policy of sandboxed commands: a deny-list at least as strict as Docker's
 // default profile (mount family, namespaces, kernel modules, keyrings, bpf, io_uring, clock
-// setting, ...), compiled once with libseccomp into classic BPF so that loading it in the
-// child between clone() and execve() needs no allocation.
+// setting, ...), compiled once with libseccomp into classic BPF, so that the sandbox's init
+// only loads it.
 #pragma once
 
 #include <linux/filter.h>
 
 #include <cstddef>
+#include <string>
 #include <vector>
 
 namespace coppice::sandbox {
@@ -18,11 +19,12 @@ class SeccompPolicy {
   SeccompPolicy(const SeccompPolicy&) = delete;
   SeccompPolicy& operator=(const SeccompPolicy&) = delete;
 
-  // Installs both filters on the calling thread. Async-signal-safe: call after
-  // PR_SET_NO_NEW_PRIVS in the child. Returns 0, or -1 with errno set.
-  int install() const noexcept;
-
   size_t instructions() const { return main_.size() + extra_.size(); }
+
+  // Both programs for another process to load (the namespace runtime's init): u32 count of
+  // the first, u32 count of the second, then their sock_filter instructions, first to last.
+  // Load them in that order.
+  std::string serialized() const;
 
  private:
   // libseccomp's filter: default allow, EPERM for the deny-list, ENOSYS for clone3, and
@@ -32,8 +34,6 @@ class SeccompPolicy {
   // A small hand-written filter stacked on top, for what libseccomp 2.5 cannot express:
   // personality() restricted to Docker's allowed values, and syscalls newer than its tables.
   std::vector<sock_filter> extra_;
-  sock_fprog main_prog_{};
-  sock_fprog extra_prog_{};
 };
 
 }  // namespace coppice::sandbox

@@ -102,11 +102,6 @@ void SandboxProcess::reap() {
   reaped = true;
 }
 
-void TaskFds::close_all() {
-  for (int fd : fds) ::close(fd);
-  fds.clear();
-}
-
 void fill_resources(Resources& res, const rusage& u, const CgroupStats& cs,
                     Clock::duration elapsed) {
   res.elapsed_s = std::chrono::duration<double>(elapsed).count();

@@ -64,16 +64,6 @@ struct SandboxProcess {
   void reap();
 };
 
-// The cgroup v1 `tasks` files a child joins by writing "0" (raw fds, closed on scope exit).
-struct TaskFds {
-  std::vector<int> fds;
-  explicit TaskFds(std::vector<int> f) : fds(std::move(f)) {}
-  TaskFds(const TaskFds&) = delete;
-  TaskFds& operator=(const TaskFds&) = delete;
-  ~TaskFds() { close_all(); }
-  void close_all();
-};
-
 // Resources from what the kernel accounted: cgroup CPU times when known, else rusage.
 void fill_resources(Resources& res, const rusage& u, const CgroupStats& cs,
                     Clock::duration elapsed);
