@@ -634,7 +634,7 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
     img = meta_.get_image(req.image);
     spec.lower_layers = image_layers(*img);
   }
-  spec.run_dir = layers_.run_path(op_uuid);
+  spec.run_dir = layers_.acquire_run_dir(op_uuid);
   spec.keep_changes = !req.disposable;
   spec.argv = req.argv();
   // Environment: defaults, then the image's preserved env, then the request.
@@ -677,13 +677,12 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
               {"runtime", runtime.name()}});
 
   EventObserver obs(*op, req);
-  remove_tree(spec.run_dir);
   sandbox::RunResult res;
   const int64_t t_run = now_us();
   try {
     res = runtime.run(spec, obs, op->cancel_token());
   } catch (...) {
-    remove_tree(spec.run_dir);
+    layers_.release_run_dir(spec.run_dir, false);
     throw;
   }
   const int64_t t_ran = now_us();
@@ -780,11 +779,8 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   spdlog::debug("op={} queued {:.2f} ms, sandbox {:.2f} ms, snapshot {:.2f} ms, record {:.2f} ms",
                 op_uuid, (t_run - op->record().created_us) / 1e3, (t_ran - t_run) / 1e3,
                 (t_snap - t_ran) / 1e3, (now_us() - t_snap) / 1e3);
-  try {
-    remove_tree(spec.run_dir);
-  } catch (const std::exception& e) {
-    spdlog::warn("op={} scratch cleanup: {}", op_uuid, e.what());
-  }
+  // A run that was not killed leaves a clean work/ and merged/: the next run reuses them.
+  layers_.release_run_dir(spec.run_dir, !res.cancelled && !res.timed_out);
   if (new_image && new_image->layers.size() > cfg_.flatten_depth) schedule_flatten(*new_image);
 }
 

@@ -2,8 +2,11 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <cstring>
 
 #include "common/error.h"
 #include "common/fd.h"
@@ -35,6 +38,56 @@ std::vector<fs::path> LayerStore::layer_paths(const std::vector<std::string>& id
   out.reserve(ids.size());
   for (const auto& id : ids) out.push_back(layer_path(id));
   return out;
+}
+
+namespace {
+constexpr size_t kMaxSpareRunDirs = 64;
+
+// Whether `dir` can be read and holds no entry but the names in `allowed`.
+bool only_entries(const fs::path& dir, std::initializer_list<const char*> allowed) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    std::string n = e.path().filename().string();
+    bool ok = false;
+    for (const char* a : allowed) ok = ok || n == a;
+    if (!ok) return false;
+  }
+  return !ec;
+}
+}  // namespace
+
+fs::path LayerStore::acquire_run_dir(const std::string& op_uuid) {
+  fs::path dst = run_path(op_uuid);
+  std::lock_guard lk(spare_mu_);
+  while (!spare_.empty()) {
+    fs::path spare = std::move(spare_.back());
+    spare_.pop_back();
+    if (::rename(spare.c_str(), dst.c_str()) == 0) return dst;
+    spdlog::warn("spare run directory {}: {}", spare.string(), std::strerror(errno));
+    remove_tree(spare);
+  }
+  return dst;
+}
+
+void LayerStore::release_run_dir(const fs::path& dir, bool reusable) noexcept {
+  try {
+    if (reusable && only_entries(dir, {"upper", "work", "merged"}) &&
+        only_entries(dir / "work", {"work"}) && only_entries(dir / "work" / "work", {}) &&
+        only_entries(dir / "merged", {})) {
+      if (fs::exists(dir / "upper") && !only_entries(dir / "upper", {})) remove_tree(dir / "upper");
+      std::lock_guard lk(spare_mu_);
+      if (spare_.size() < kMaxSpareRunDirs) {
+        fs::path spare = root_ / "runs" / fmt::format("spare-{}", ++spare_seq_);
+        if (::rename(dir.c_str(), spare.c_str()) == 0) {
+          spare_.push_back(std::move(spare));
+          return;
+        }
+      }
+    }
+    remove_tree(dir);
+  } catch (const std::exception& e) {
+    spdlog::warn("could not remove run directory {}: {}", dir.string(), e.what());
+  }
 }
 
 void LayerStore::commit_layer(const fs::path& dir, const std::string& id) {

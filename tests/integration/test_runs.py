@@ -22,6 +22,9 @@ def test_disposable_has_null_result(client, busybox):
     assert op["status"] == "SUCCESS"
     assert op["result_image_uuid"] is None and op["result"]["image"] is None
     assert client.events(op["uuid"])[-1]["data"]["result_image_uuid"] is None
+    # the next run (which may reuse that run's scratch directory) starts from a clean upper
+    nxt = client.run(busybox, "test -e /y && echo dirty || echo clean; echo z > /z")
+    assert stdout_of(nxt) == "clean\n" and nxt["result_image_uuid"] != busybox
 
 
 def test_deletions_and_opaque_dirs_across_layers(client, busybox):

@@ -166,5 +166,44 @@ TEST_F(StoreTest, CommitLayerIsARename) {
   EXPECT_EQ(before.st_ino, after.st_ino);  // moved, not copied
 }
 
+// A finished run's work/ and merged/ are kept for the next run (their inodes are not freed
+// and allocated again); anything unexpected in them, or a killed run, removes the directory.
+TEST_F(StoreTest, RunDirectoriesAreRecycledOnlyWhenClean) {
+  auto make_run = [&](const std::string& op) {
+    fs::path d = layers_->acquire_run_dir(op);
+    EXPECT_EQ(d, layers_->run_path(op));
+    make_dirs(d / "upper");
+    make_dirs(d / "work" / "work");
+    make_dirs(d / "merged");
+    return d;
+  };
+  fs::path a = make_run("op-a");
+  struct stat work_a;
+  ASSERT_EQ(::stat((a / "work").c_str(), &work_a), 0);
+  write_file_atomic(a / "upper" / "left-over", "x", false);  // a disposable run's changes
+  layers_->release_run_dir(a, true);
+  EXPECT_FALSE(fs::exists(a));
+  // the next run gets the same directories back, with an empty upper
+  fs::path b = layers_->acquire_run_dir("op-b");
+  struct stat work_b;
+  ASSERT_EQ(::stat((b / "work").c_str(), &work_b), 0);
+  EXPECT_EQ(work_a.st_ino, work_b.st_ino);
+  EXPECT_TRUE(!fs::exists(b / "upper") || fs::is_empty(b / "upper"));
+  EXPECT_TRUE(fs::is_empty(b / "merged"));
+  // unexpected content (or a killed run) is not reused
+  write_file_atomic(b / "work" / "work" / "stale", "x", false);
+  layers_->release_run_dir(b, true);
+  EXPECT_FALSE(fs::exists(b));
+  EXPECT_FALSE(fs::exists(layers_->acquire_run_dir("op-c")));
+  fs::path d = make_run("op-d");
+  layers_->release_run_dir(d, false);
+  EXPECT_TRUE(fs::is_empty(dir_ / "runs"));
+  // spares are scratch: recovery removes them
+  layers_->release_run_dir(make_run("op-e"), true);
+  EXPECT_FALSE(fs::is_empty(dir_ / "runs"));
+  layers_->recover({});
+  EXPECT_TRUE(fs::is_empty(dir_ / "runs"));
+}
+
 }  // namespace
 }  // namespace coppice::store
