@@ -1,13 +1,13 @@
-// The namespace runtime: clone() into new user/mount/pid/net/ipc/uts namespaces (and a cgroup
-// namespace), overlay root, pid 1 = our reaping init, the command with reduced capabilities,
-// no_new_privs and seccomp. See runtime.h for the contract.
+// The namespace runtime: new user/mount/pid/net/ipc/uts namespaces (and a cgroup namespace),
+// overlay root, pid 1 = our reaping init, the command with reduced capabilities, no_new_privs
+// and seccomp. See runtime.h for the contract.
 //
-// Process tree of a run:
-//   server thread (run())  clone() -> execve(coppice-sandbox-init)  (pid 1, ns_init.h)
-//                                       fork -> command (pid 2, execve)
-// Between clone() and the init's execve() the child runs a copy of the server, which is
-// multi-threaded: it only makes syscalls on data prepared before the clone (Launch), since
-// malloc or any lock could deadlock there.
+// Process tree of a run (the server's memory is never copied: see ns_init.h):
+//   server thread (run())  posix_spawn -> coppice-sandbox-init (launcher, host root)
+//                                           clone -> init (pid 1 of the sandbox)
+//                                                      fork -> command (pid 2, execve)
+// The server writes the plan, enters the run's network namespace for the spawn, then
+// supervises: output, the init's status records, the launcher's exit, timeout and cancel.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <limits.h>
@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -40,58 +41,34 @@
 #include "sandbox/runtime.h"
 #include "sandbox/seccomp_filter.h"
 #include "sandbox/supervise.h"
-#include "sandbox/user_ns.h"
 
 namespace coppice::sandbox {
 
 namespace {
 
 using nlohmann::json;
-constexpr size_t kChildStack = 64 * 1024;
-
-// What the cloned child needs until it has exec'd the init, built before clone().
-struct Launch {
-  std::vector<int> fds;    // fds[i] becomes fd i in the init (see ns_init.h)
-  std::vector<int> moved;  // scratch for the child, fds.size() entries
-  int first_task_fd = 0;   // v1 `tasks` files at [first_task_fd, init_fd): joined, then closed
-  int init_fd = 0;         // the init binary (last of fds)
-  char* argv[2] = {nullptr, nullptr};
-  char* envp[1] = {nullptr};
-};
-
-[[noreturn]] void launch_fail(const char* what) {
-  ChildMsg m;
-  m.add(what).add_errno(errno);
-  send_error(ns_init::kStatusFd, 500, m);
-  _exit(1);
-}
-
-// The child of clone(), still the server's code: fds into place, join the v1 cgroups (as
-// host root), wait for the id maps, become root of the user namespace, exec the init.
-int launch_init(void* arg) {
-  Launch& l = *static_cast<Launch*>(arg);
-  const int n = static_cast<int>(l.fds.size());
-  // Duplicate every source above every target first, so that no dup2 overwrites a source.
-  for (int i = 0; i < n; ++i) l.moved[i] = ::fcntl(l.fds[i], F_DUPFD, n);
-  for (int i = 0; i < n; ++i) ::dup2(l.moved[i], i);
-  ::syscall(SYS_close_range, static_cast<unsigned>(n), ~0U, 0);
-  for (int fd = l.first_task_fd; fd < l.init_fd; ++fd) {
-    if (::write(fd, "0", 1) != 1) launch_fail("join cgroup v1 (tasks)");
-    ::close(fd);
+// The launcher's fds at exec (ns_init.h), set up by posix_spawn.
+struct SpawnFds {
+  posix_spawn_file_actions_t actions;
+  std::vector<UniqueFd> high;  // the sources, duplicated above every target
+  SpawnFds() { posix_spawn_file_actions_init(&actions); }
+  ~SpawnFds() { posix_spawn_file_actions_destroy(&actions); }
+  SpawnFds(const SpawnFds&) = delete;
+  SpawnFds& operator=(const SpawnFds&) = delete;
+  // fds[i] becomes fd i; every other fd is closed.
+  void place(const std::vector<int>& fds) {
+    const int n = static_cast<int>(fds.size());
+    for (int fd : fds) {
+      high.emplace_back(::fcntl(fd, F_DUPFD_CLOEXEC, n));  // so no dup2 overwrites a source
+      if (!high.back()) throw sys_error("dup a sandbox fd");
+    }
+    for (int i = 0; i < n; ++i)
+      if (posix_spawn_file_actions_adddup2(&actions, high[i].get(), i) != 0)
+        throw internal("posix_spawn_file_actions_adddup2");
+    if (posix_spawn_file_actions_addclosefrom_np(&actions, n) != 0)
+      throw internal("posix_spawn_file_actions_addclosefrom_np");
   }
-  char go;
-  ssize_t r;
-  do r = ::read(ns_init::kSyncFd, &go, 1);
-  while (r < 0 && errno == EINTR);
-  if (r != 1) _exit(1);  // the server gave up on us
-  // execve keeps the capabilities of the user namespace only for its root.
-  if (become_namespace_root() != 0) launch_fail("setresuid(0) in the user namespace");
-  // Credential changes reset the parent-death signal, so arm it now (execve keeps it).
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-  ::fcntl(l.init_fd, F_SETFD, FD_CLOEXEC);
-  ::syscall(SYS_execveat, l.init_fd, "", l.argv, l.envp, AT_EMPTY_PATH);
-  launch_fail("exec coppice-sandbox-init");
-}
+};
 
 // A memfd holding `data`, for the init to read.
 UniqueFd memfd_with(const char* name, const std::string& data) {
@@ -113,10 +90,9 @@ class NamespaceRuntime final : public Runtime {
  public:
   explicit NamespaceRuntime(const NamespaceConfig& cfg)
       : cfg_(cfg), caps_(docker_default_caps()), cgroups_(cfg.cgroup_name), netns_(cfg.netns_pool) {
-    fs::path init = cfg.init_path.empty() ? default_init_path() : fs::path(cfg.init_path);
-    init_fd_.reset(::open(init.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!init_fd_)
-      throw sys_error("open the sandbox init " + init.string() +
+    init_path_ = cfg.init_path.empty() ? default_init_path().string() : cfg.init_path;
+    if (::access(init_path_.c_str(), X_OK) != 0)
+      throw sys_error("the sandbox init " + init_path_ +
                       " (it is built next to coppiced: ninja coppice-sandbox-init)");
     seccomp_fd_ = memfd_with("coppice-seccomp", seccomp_.serialized());
   }
@@ -126,18 +102,20 @@ class NamespaceRuntime final : public Runtime {
 
  private:
   // The init's plan (ns_init.h); opens the file blobs in plan order into `blobs`.
-  std::string build_plan(const RunSpec& spec, std::vector<UniqueFd>& blobs) const;
+  std::string build_plan(const RunSpec& spec, std::vector<UniqueFd>& blobs, size_t tasks_files,
+                         bool cgroup2) const;
 
   NamespaceConfig cfg_;
   CapPolicy caps_;
   SeccompPolicy seccomp_;
   CgroupManager cgroups_;
   NetnsPool netns_;
-  UniqueFd init_fd_;     // coppice-sandbox-init, exec'd through this fd
-  UniqueFd seccomp_fd_;  // memfd with the seccomp programs, read by every init
+  std::string init_path_;  // coppice-sandbox-init
+  UniqueFd seccomp_fd_;    // memfd with the seccomp programs, read by every init
 };
 
-std::string NamespaceRuntime::build_plan(const RunSpec& spec, std::vector<UniqueFd>& blobs) const {
+std::string NamespaceRuntime::build_plan(const RunSpec& spec, std::vector<UniqueFd>& blobs,
+                                         size_t tasks_files, bool cgroup2) const {
   json lowers = json::array();
   for (const auto& l : spec.lower_layers) lowers.push_back(l.string());
   json candidates = json::array();
@@ -176,7 +154,11 @@ std::string NamespaceRuntime::build_plan(const RunSpec& spec, std::vector<Unique
                {"argv0", argv0},
                {"candidates", std::move(candidates)},
                {"files", std::move(files)},
-               {"caps", {{"last_cap", caps_.last_cap}, {"keep", caps_.keep}}}};
+               {"caps", {{"last_cap", caps_.last_cap}, {"keep", caps_.keep}}},
+               {"uid_base", cfg_.uid_base},
+               {"uid_range", cfg_.uid_range},
+               {"v1_tasks_files", tasks_files},
+               {"cgroup2", cgroup2}};
   return plan.dump();
 }
 
@@ -191,7 +173,6 @@ struct RunState {
   bool reaped = false;
   int wait_status = 0;
   rusage usage{};
-  void* stack = nullptr;
 
   void kill() {
     if (pid <= 0 || reaped) return;
@@ -214,15 +195,11 @@ struct RunState {
     }
     if (cgroups) cgroups->remove();
     if (created_mountpoints) remove_created_mountpoints(upper, created_mountpoints);
-    if (stack) ::munmap(stack, kChildStack);
   }
 };
 RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) {
   validate_spec(spec, cfg_.uid_range);
   prepare_run_dir(spec.run_dir, cfg_.uid_base);
-  std::vector<UniqueFd> blobs;
-  UniqueFd plan = memfd_with("coppice-plan", build_plan(spec, blobs));
-
   Pipe sync, status, in, out, err;
   RunState st;
   st.upper = spec.run_dir / "upper";
@@ -232,65 +209,52 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   lim.pids = spec.limits.pids ? spec.limits.pids : cfg_.default_pids;
   lim.cpus = spec.limits.cpus;
   st.cgroups = cgroups_.create(lim);
+  const std::vector<int> task_fds = st.cgroups->open_v1_task_files();
+  const int cgroup2 = st.cgroups->v2_fd();
+  std::vector<UniqueFd> blobs;
+  UniqueFd plan =
+      memfd_with("coppice-plan", build_plan(spec, blobs, task_fds.size(), cgroup2 >= 0));
 
-  // The init's fds, in the order of ns_init.h.
-  Launch l;
-  l.fds = {in.rd.get(),       out.wr.get(),  err.wr.get(),   plan.get(),
-           seccomp_fd_.get(), sync.rd.get(), status.wr.get()};
-  for (const auto& b : blobs) l.fds.push_back(b.get());
-  l.first_task_fd = static_cast<int>(l.fds.size());
-  for (int fd : st.cgroups->open_v1_task_files()) l.fds.push_back(fd);
-  l.init_fd = static_cast<int>(l.fds.size());
-  l.fds.push_back(init_fd_.get());
-  l.moved.resize(l.fds.size());
+  // The launcher's fds, in the order of ns_init.h.
+  std::vector<int> fds = {in.rd.get(),       out.wr.get(),  err.wr.get(),   plan.get(),
+                          seccomp_fd_.get(), sync.rd.get(), status.wr.get()};
+  for (const auto& b : blobs) fds.push_back(b.get());
+  fds.insert(fds.end(), task_fds.begin(), task_fds.end());
+  if (cgroup2 >= 0) fds.push_back(cgroup2);
+  SpawnFds spawn_fds;
+  spawn_fds.place(fds);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   std::string arg0 = "coppice-sandbox-init";
-  l.argv[0] = arg0.data();
+  char* argv[] = {arg0.data(), nullptr};
+  char* envp[] = {nullptr};
 
-  st.stack = ::mmap(nullptr, kChildStack, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (st.stack == MAP_FAILED) {
-    st.stack = nullptr;
-    throw sys_error("mmap child stack");
-  }
-  SigpipeBlock sigpipe;  // before clone: the init resets its mask itself
+  SigpipeBlock sigpipe;  // for our writes to the command's stdin
 
-  // The sandbox's network namespace comes from the pool: this thread enters it for the clone
-  // (the child inherits it) and leaves it right after.
+  // The sandbox's network namespace comes from the pool: this thread enters it for the spawn
+  // (the launcher, then the sandbox, inherit it) and leaves it right after.
   UniqueFd netns = netns_.take();
   std::optional<ScopedNetns> in_netns(std::in_place, netns.get());
-  const uint64_t ns_flags =
-      CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
-  int pidfd = -1;
-  bool in_v2 = false;
   auto t0 = Clock::now();
   pid_t pid = -1;
-  if (st.cgroups->v2_fd() >= 0) {
-    // clone3 into the cgroup2 group, fork-like (no new stack: the child continues on a
-    // copy of ours, which is safe without CLONE_VM).
-    clone_args ca{};
-    ca.flags = ns_flags | CLONE_PIDFD | CLONE_INTO_CGROUP;
-    ca.pidfd = reinterpret_cast<uint64_t>(&pidfd);
-    ca.exit_signal = SIGCHLD;
-    ca.cgroup = static_cast<uint64_t>(st.cgroups->v2_fd());
-    long rc = ::syscall(SYS_clone3, &ca, sizeof ca);
-    if (rc == 0) launch_init(&l);
-    if (rc > 0) {
-      pid = static_cast<pid_t>(rc);
-      in_v2 = true;
-    } else if (errno != ENOSYS && errno != EINVAL && errno != E2BIG && errno != EOPNOTSUPP) {
-      throw sys_error("clone3 sandbox");
-    }
-  }
-  if (pid < 0) {
-    pid = ::clone(launch_init, static_cast<char*>(st.stack) + kChildStack,
-                  static_cast<int>(ns_flags) | CLONE_PIDFD | SIGCHLD, &l, &pidfd);
-    if (pid < 0) throw sys_error("clone sandbox");
-  }
+  // posix_spawn is a vfork (CLONE_VM): the server's memory is neither copied nor shared
+  // copy-on-write with a long-lived child.
+  int rc = posix_spawn(&pid, init_path_.c_str(), &spawn_fds.actions, &attr, argv, envp);
+  posix_spawnattr_destroy(&attr);
   in_netns.reset();
   netns.reset();
+  if (rc != 0) throw sys_error("spawn " + init_path_, rc);
   st.pid = pid;
-  st.pidfd.reset(pidfd);
-  // Our copies of the child's ends.
+  st.pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (!st.pidfd) throw sys_error("pidfd_open of the sandbox launcher");
+  // Our copies of the launcher's ends.
+  spawn_fds.high.clear();
   sync.rd.reset();
   status.wr.reset();
   in.rd.reset();
@@ -299,11 +263,7 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   blobs.clear();
   plan.reset();
   st.cgroups->close_v1_task_files();
-
-  write_id_maps(pid, cfg_.uid_base, cfg_.uid_range);
-  if (!in_v2) st.cgroups->attach_v2(pid);
-  if (::write(sync.wr.get(), "g", 1) != 1) throw sys_error("release sandbox");
-  // sync.wr stays open until the end of the run (the child's "server alive" check).
+  // sync.wr stays open until the end of the run (the init's "server alive" check).
 
   RunResult r;
   bool setup_error = false, have_exit = false;

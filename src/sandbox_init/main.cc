@@ -1,15 +1,19 @@
-// coppice-sandbox-init: pid 1 of a namespace-runtime sandbox (see sandbox/ns_init.h for how
-// it is started and what it is given). A static binary, so that its execve costs little.
+// coppice-sandbox-init: starts one namespace-runtime sandbox and is its pid 1 (see
+// sandbox/ns_init.h for what it is given). A static binary, so that its execve costs little.
 //
-// On entry: root of the sandbox's user namespace, in its mount, pid, ipc, uts and network
-// namespaces and its cgroups, with exactly the fds of ns_init.h open.
+// The server posix_spawn()s it (a vfork: the server's memory is never copied) as host root in
+// the run's network namespace. This launcher process clone()s the sandbox's init into new
+// user, mount, pid, ipc and uts namespaces and the run's cgroups, writes the init's uid/gid
+// maps, releases it and waits for it; the init mounts the root, forks the command and reaps.
 #include <fcntl.h>
 #include <linux/filter.h>
+#include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -68,6 +72,9 @@ struct Plan {
   std::vector<const char*> candidates;
   MountPlan mounts;
   std::vector<sock_filter> seccomp_main, seccomp_extra;
+  uid_t uid_base = 0, uid_range = 0;
+  int first_task_fd = 0, task_fds = 0;  // v1 `tasks` files, after the blobs
+  int cgroup2_fd = -1;                  // the run's cgroup2 directory, after the tasks files
 };
 
 void decode(Plan& p) {
@@ -97,6 +104,11 @@ void decode(Plan& p) {
       p.files.push_back(InjectedFile{nullptr, fd++, f.at("mode").get<mode_t>(),
                                      f.at("uid").get<uid_t>(), f.at("gid").get<gid_t>()});
     }
+    p.uid_base = j.at("uid_base");
+    p.uid_range = j.at("uid_range");
+    p.first_task_fd = fd;
+    p.task_fds = j.at("v1_tasks_files");
+    if (j.at("cgroup2")) p.cgroup2_fd = fd + p.task_fds;
   } catch (const std::exception& e) {
     ChildMsg m;
     fail(500, m.add("bad run plan: ").add(e.what()));
@@ -187,14 +199,26 @@ int install_seccomp(std::vector<sock_filter>& prog) {
   _exit(err == ENOENT || err == ENOTDIR ? 127 : 126);
 }
 
-}  // namespace
-
-int main() {
-  reset_signals();
-  Plan p;
-  decode(p);
+// The sandbox's pid 1, forked by the launcher into the new namespaces.
+[[noreturn]] void init_main(Plan& p, int go_fd) {
+  // Join the v1 cgroups while still host root (the launcher joined us to cgroup2 at clone).
+  for (int i = 0; i < p.task_fds; ++i) {
+    if (::write(p.first_task_fd + i, "0", 1) != 1) fail_errno("join cgroup v1 (tasks)");
+    ::close(p.first_task_fd + i);
+  }
+  if (p.cgroup2_fd >= 0) ::close(p.cgroup2_fd);
+  char go;
+  ssize_t n;
+  do n = ::read(go_fd, &go, 1);
+  while (n < 0 && errno == EINTR);
+  if (n != 1) _exit(1);  // the launcher gave up on us
+  ::close(go_fd);
+  if (become_namespace_root() != 0) fail_errno("setresuid(0) in the user namespace");
+  // Credential changes reset the parent-death signal, so arm it now.
+  // (A launcher killed before this point leaves us to the server's kill of the run's cgroups.)
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   // The server keeps the sync pipe's write end open for the whole run: a hangup means it
-  // died before our parent-death signal was armed.
+  // died.
   pollfd pf{kSyncFd, POLLIN, 0};
   if (::poll(&pf, 1, 0) > 0 && (pf.revents & (POLLHUP | POLLERR))) _exit(1);
   ::setsid();
@@ -244,5 +268,56 @@ int main() {
     }
   }
   send_record(kStatusFd, RecordType::kExited, static_cast<int32_t>(pid), main_status);
-  return 0;
+  _exit(0);
+}
+
+}  // namespace
+
+// The launcher.
+int main() {
+  reset_signals();
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);  // the server thread that spawned us
+  Plan p;
+  decode(p);
+  int go[2];
+  if (::pipe2(go, O_CLOEXEC) != 0) fail_errno("pipe");
+  clone_args ca{};
+  ca.flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
+  ca.exit_signal = SIGCHLD;
+  if (p.cgroup2_fd >= 0) {
+    ca.flags |= CLONE_INTO_CGROUP;
+    ca.cgroup = static_cast<uint64_t>(p.cgroup2_fd);
+  }
+  long rc = ::syscall(SYS_clone3, &ca, sizeof ca);  // fork-like: we are single-threaded
+  if (rc == 0) {
+    ::close(go[1]);
+    init_main(p, go[0]);
+  }
+  if (rc < 0) fail_errno("clone the sandbox into its namespaces");
+  const pid_t init = static_cast<pid_t>(rc);
+  ::close(go[0]);
+  // Only the init keeps the run's fds: the command's pipes must see EOF when it is done.
+  for (int fd : {0, 1, 2, kSyncFd}) ::close(fd);
+  for (const InjectedFile& f : p.files) ::close(f.blob_fd);
+  for (int i = 0; i < p.task_fds; ++i) ::close(p.first_task_fd + i);
+  if (p.cgroup2_fd >= 0) ::close(p.cgroup2_fd);
+  try {
+    write_id_maps(init, p.uid_base, p.uid_range);
+  } catch (const std::exception& e) {
+    ::kill(init, SIGKILL);
+    ChildMsg m;
+    fail(500, m.add(e.what()));
+  }
+  if (::write(go[1], "g", 1) != 1) fail_errno("release the sandbox init");
+  ::close(go[1]);
+  ::close(kStatusFd);
+  int st = 0;
+  while (::waitpid(init, &st, __WALL) < 0 && errno == EINTR) {
+  }
+  if (WIFSIGNALED(st)) {  // end the same way, for the server (an OOM kill, say)
+    rlimit no_core{0, 0};
+    ::setrlimit(RLIMIT_CORE, &no_core);
+    ::kill(::getpid(), WTERMSIG(st));
+  }
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 1;
 }
