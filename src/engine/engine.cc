@@ -419,6 +419,7 @@ void Engine::run_import(const std::shared_ptr<LiveOperation>& op, const ImportRe
   oci::AbortCheck abort = [&] { return stop(); };
   oci::ImportOptions opt;
   opt.project = rec0.project;
+  opt.operation_uuid = rec0.uuid;
   opt.tag = req.tag;
   opt.platform = req.platform;
   opt.uid_shift = cfg_.uid_shift;

@@ -226,6 +226,7 @@ ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::Layer
   rec.layers.assign(ids.rbegin(), ids.rend());
   rec.layer_id = rec.layers.front();
   rec.created_us = now_us();
+  rec.operation_uuid = opt.operation_uuid;
   for (const auto& l : img.manifest.layers) rec.size_bytes += l.size;
   rec.config = img.config.to_store_json();
   rec.config["oci"] = {{"manifest_digest", img.manifest_digest},

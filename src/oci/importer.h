@@ -21,6 +21,7 @@ struct ImportOptions {
   std::optional<std::string> tag;  // moved to the image when set
   Platform platform;               // chosen from an index
   std::string source_name;         // recorded in the image config ("docker.io/library/x:1")
+  std::optional<std::string> operation_uuid;  // the import operation, recorded in the image
   uid_t uid_shift = 100000;
   uid_t uid_range = 65536;
   uint64_t min_free_bytes = 0;

@@ -47,14 +47,30 @@ namespace coppice::sandbox {
 namespace {
 
 using nlohmann::json;
-// The launcher's fds at exec (ns_init.h), set up by posix_spawn.
-struct SpawnFds {
+// The posix_spawn() of the launcher: its fds at exec (ns_init.h), an empty signal mask and
+// default dispositions.
+struct LauncherSpawn {
   posix_spawn_file_actions_t actions;
+  posix_spawnattr_t attr;
   std::vector<UniqueFd> high;  // the sources, duplicated above every target
-  SpawnFds() { posix_spawn_file_actions_init(&actions); }
-  ~SpawnFds() { posix_spawn_file_actions_destroy(&actions); }
-  SpawnFds(const SpawnFds&) = delete;
-  SpawnFds& operator=(const SpawnFds&) = delete;
+
+  LauncherSpawn() {
+    posix_spawn_file_actions_init(&actions);
+    posix_spawnattr_init(&attr);
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setsigdefault(&attr, &all);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  }
+  ~LauncherSpawn() {
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&actions);
+  }
+  LauncherSpawn(const LauncherSpawn&) = delete;
+  LauncherSpawn& operator=(const LauncherSpawn&) = delete;
+
   // fds[i] becomes fd i; every other fd is closed.
   void place(const std::vector<int>& fds) {
     const int n = static_cast<int>(fds.size());
@@ -221,16 +237,8 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   for (const auto& b : blobs) fds.push_back(b.get());
   fds.insert(fds.end(), task_fds.begin(), task_fds.end());
   if (cgroup2 >= 0) fds.push_back(cgroup2);
-  SpawnFds spawn_fds;
-  spawn_fds.place(fds);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t none, all;
-  sigemptyset(&none);
-  sigfillset(&all);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  LauncherSpawn launcher;
+  launcher.place(fds);
   std::string arg0 = "coppice-sandbox-init";
   char* argv[] = {arg0.data(), nullptr};
   char* envp[] = {nullptr};
@@ -245,8 +253,7 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   pid_t pid = -1;
   // posix_spawn is a vfork (CLONE_VM): the server's memory is neither copied nor shared
   // copy-on-write with a long-lived child.
-  int rc = posix_spawn(&pid, init_path_.c_str(), &spawn_fds.actions, &attr, argv, envp);
-  posix_spawnattr_destroy(&attr);
+  int rc = posix_spawn(&pid, init_path_.c_str(), &launcher.actions, &launcher.attr, argv, envp);
   in_netns.reset();
   netns.reset();
   if (rc != 0) throw sys_error("spawn " + init_path_, rc);
@@ -254,7 +261,7 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   st.pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
   if (!st.pidfd) throw sys_error("pidfd_open of the sandbox launcher");
   // Our copies of the launcher's ends.
-  spawn_fds.high.clear();
+  launcher.high.clear();
   sync.rd.reset();
   status.wr.reset();
   in.rd.reset();

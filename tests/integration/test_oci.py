@@ -158,6 +158,8 @@ def test_import_from_registry(client, oci_images):
     assert tagged(client, "oci/app:1") == img
     rec = client.get(f"/v1/inspect/{img}/").json()
     assert rec["uuid"] == img and rec["tag"] == "oci/app:1"
+    listed = client.get("/v1/images", params={"tag": "oci/app:1"}).json()["images"][0]
+    assert listed["uuid"] == img and listed["operation_uuid"] == op_id  # the import made it
     assert op_id in [o["uuid"] for o in client.get("/v1/operations",
                                                    params={"kind": "image_import"}).json()]
     run = client.run(img, "cat /etc/app.conf; ls /rep; /data/tool; "
