@@ -96,6 +96,7 @@ line "small change + snapshot" "$(get chain_d1_p50)" "podman run+commit+rm" "$(g
 line "30MB/1000 files + snapshot" "$(get snap_write_nd_p50)" "podman run+commit+rm" "$(get podman_commit_big_p50)"
 line "30MB/1000 files disposable" "$(get snap_write_d_p50)" "podman run --rm" "$(get podman_write_disposable_p50)"
 line "snapshot cost (nd - d, paired median)" "$(get snap_cost_paired)" "podman (commit+rm - run --rm)" "$snap_podman"
+line "snapshot step, server-side (30MB)" "$(get snap_server_p50)" "same, nothing written" "$(get snap_server_nowrite_p50)"
 line "8 branches, median total" "$(get fan8_total_p50)" "podman 8 parallel" "$(get podman_fan8_p50)"
 line "64 branches, median total" "$(get fan64_total_p50)"
 printf '%-34s depth-1 %s, deep %s, ratio %s (target <= 1.5)\n' "chain depth" \

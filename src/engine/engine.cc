@@ -775,6 +775,12 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
         r.consumed_memory = res.resources.memory_peak_bytes ? res.resources.memory_peak_bytes
                                                             : res.resources.max_rss_kb * 1024;
         r.metadata["result"] = result;
+        // Where the time went (an extension, docs/API.md): waiting for a worker, the
+        // sandbox from setup to the last process reaped, and the snapshot (size the upper,
+        // rename it into the store) before the result is recorded.
+        r.metadata["timings_ms"] = {{"queued", (t_run - r.created_us) / 1e3},
+                                    {"sandbox", (t_ran - t_run) / 1e3},
+                                    {"snapshot", (t_snap - t_ran) / 1e3}};
       },
       new_image);
   spdlog::debug("op={} queued {:.2f} ms, sandbox {:.2f} ms, snapshot {:.2f} ms, record {:.2f} ms",

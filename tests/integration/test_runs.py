@@ -15,6 +15,10 @@ def client(runtime_client):
 def test_nothing_changed_gives_same_uuid(client, busybox):
     op = client.run(busybox, "cat /etc/passwd > /dev/null")
     assert op["result_image_uuid"] == busybox
+    # where the time went (docs/API.md)
+    t = op["metadata"]["timings_ms"]
+    assert set(t) == {"queued", "sandbox", "snapshot"} and all(v >= 0 for v in t.values())
+    assert t["sandbox"] > 0
 
 
 def test_disposable_has_null_result(client, busybox):
