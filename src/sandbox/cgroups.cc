@@ -231,7 +231,10 @@ std::unique_ptr<RunCgroups> CgroupManager::create(const CgroupLimits& limits) {
       set(g + "/memory.max", std::to_string(limits.memory_bytes));
       if (exists(g + "/memory.swap.max")) set(g + "/memory.swap.max", "0");
     }
-    if (limits.pids && exists(g + "/pids.max")) set(g + "/pids.max", std::to_string(limits.pids));
+    if (limits.pids && exists(g + "/pids.max")) {
+      set(g + "/pids.max", std::to_string(limits.pids));
+      run->pids_ = g;
+    }
     if (limits.cpus > 0 && exists(g + "/cpu.max"))
       set(g + "/cpu.max", fmt::format("{} 100000", std::llround(limits.cpus * 100000)));
     return run;
@@ -246,6 +249,7 @@ std::unique_ptr<RunCgroups> CgroupManager::create(const CgroupLimits& limits) {
   }
   if (!pids_v1_.empty()) {
     std::string g = make(pids_v1_);
+    run->pids_ = g;
     if (limits.pids) set(g + "/pids.max", std::to_string(limits.pids));
   }
   if (!cpu_v1_.empty() && limits.cpus > 0) {
@@ -302,17 +306,23 @@ CgroupStats RunCgroups::stats() const {
     s.user_us = keyed_value(cpu, "user_usec");
     s.system_us = keyed_value(cpu, "system_usec");
   }
+  if (!pids_.empty())
+    s.pids_limit_hit = keyed_value(read_small(pids_ + "/pids.events"), "max").value_or(0) > 0;
   if (!memory_.empty()) {
     if (memory_is_v2_) {
       std::string peak = read_small(memory_ + "/memory.peak");
       if (!peak.empty()) s.memory_peak_bytes = std::strtoll(peak.c_str(), nullptr, 10);
-      s.oom_killed =
-          keyed_value(read_small(memory_ + "/memory.events"), "oom_kill").value_or(0) > 0;
+      std::string events = read_small(memory_ + "/memory.events");
+      s.oom_killed = keyed_value(events, "oom_kill").value_or(0) > 0;
+      s.memory_limit_hit =
+          keyed_value(events, "max").value_or(0) > 0 || keyed_value(events, "oom").value_or(0) > 0;
     } else {
       std::string peak = read_small(memory_ + "/memory.max_usage_in_bytes");
       if (!peak.empty()) s.memory_peak_bytes = std::strtoll(peak.c_str(), nullptr, 10);
       s.oom_killed =
           keyed_value(read_small(memory_ + "/memory.oom_control"), "oom_kill").value_or(0) > 0;
+      s.memory_limit_hit =
+          std::strtoll(read_small(memory_ + "/memory.failcnt").c_str(), nullptr, 10) > 0;
     }
   }
   return s;

@@ -35,6 +35,8 @@ struct CgroupStats {
   std::optional<int64_t> user_us, system_us;  // from cpu.stat when available
   int64_t memory_peak_bytes = 0;              // 0 when unknown
   bool oom_killed = false;
+  bool memory_limit_hit = false;  // usage reached the memory limit at least once
+  bool pids_limit_hit = false;    // a fork or clone failed at the pids limit
 };
 
 class RunCgroups;
@@ -99,7 +101,8 @@ class RunCgroups {
   std::vector<std::string> dirs_;  // every group of the run
   std::string memory_;             // the group with memory files (v1 memory or v2)
   bool memory_is_v2_ = false;
-  std::string v2_;  // cgroup2 group (cpu.stat, cgroup.kill)
+  std::string pids_;  // the group with pids files (v1 pids or v2); empty when none
+  std::string v2_;    // cgroup2 group (cpu.stat, cgroup.kill)
   int v2_fd_ = -1;
   std::vector<int> task_fds_;
   bool removed_ = false;

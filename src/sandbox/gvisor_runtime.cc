@@ -17,6 +17,7 @@
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -36,6 +37,7 @@
 #include "sandbox/child_msg.h"
 #include "sandbox/mounts.h"
 #include "sandbox/run_dir.h"
+#include "sandbox/runsc_end.h"
 #include "sandbox/runtime.h"
 #include "sandbox/supervise.h"
 
@@ -58,7 +60,7 @@ const std::vector<std::string>& docker_cap_names() {
   return caps;
 }
 
-json oci_config(const RunSpec& spec, const GvisorConfig& cfg) {
+json oci_config(const RunSpec& spec, const GvisorConfig& cfg, uint64_t pids) {
   json env = spec.env;
   bool has_path = false;
   for (const auto& e : spec.env) has_path = has_path || e.rfind("PATH=", 0) == 0;
@@ -82,8 +84,8 @@ json oci_config(const RunSpec& spec, const GvisorConfig& cfg) {
           {"permitted", caps},
           {"inheritable", json::array()},
           {"ambient", json::array()}}},
-        {"rlimits",
-         json::array({{{"type", "RLIMIT_NOFILE"}, {"hard", 1048576}, {"soft", 1048576}}})},
+        {"rlimits", json::array({{{"type", "RLIMIT_NOFILE"}, {"hard", 1048576}, {"soft", 1048576}},
+                                 {{"type", "RLIMIT_NPROC"}, {"hard", pids}, {"soft", pids}}})},
         {"noNewPrivileges", true}}},
       {"root", {{"path", merged}, {"readonly", false}}},
       {"hostname", spec.hostname},
@@ -113,15 +115,64 @@ json oci_config(const RunSpec& spec, const GvisorConfig& cfg) {
          json::array({{{"containerID", 0}, {"hostID", cfg.uid_base}, {"size", cfg.uid_range}}})}}}};
 }
 
+// After `runsc run` exited: sets *crashed when it left a container's state file behind in its
+// --root directory (a clean runsc always deletes its container, whatever the command did) or
+// when a gVisor process wrote to the panic log, and then returns the start of the panic log and
+// the end of runsc's own log, on one line, for the error and the server log.
+std::string runsc_logs(const fs::path& state, bool* crashed) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(state, ec))
+    if (e.path().extension() == ".state") *crashed = true;
+  if (fs::file_size(state / "panic.log", ec) > 0 && !ec) *crashed = true;
+  if (!*crashed) return "";
+  // The panic log starts with the reason (`fatal error: …`, `panic: …`) and goes on with
+  // goroutine dumps; runsc's own log ends with its last word.
+  std::string out;
+  for (const char* name : {"panic.log", "runsc.log"}) {
+    std::string text;
+    try {
+      text = read_file(state / name);
+    } catch (const std::exception&) {
+      continue;
+    }
+    const bool head = std::string_view(name) == "panic.log";
+    if (text.size() > 300) text = head ? text.substr(0, 300) : text.substr(text.size() - 300);
+    for (char& c : text)
+      if (c == '\n' || c == '\t') c = ' ';
+    while (!text.empty() && text.back() == ' ') text.pop_back();
+    if (!text.empty()) out += (out.empty() ? "" : " | ") + std::string(name) + ": " + text;
+  }
+  return out;
+}
+
+// The host pids limit of a gVisor run whose command may have `app` tasks. Under the ptrace
+// platform each sandbox process costs the host a stub process plus one stub thread per Sentry
+// thread that ran it (measured: 100 sleeping processes, 900 host tasks), so the host limit is
+// a multiple of the command's, which the Sentry enforces itself (RLIMIT_NPROC). It stays under
+// a quarter of the host's pid space, so that one sandbox cannot exhaust it.
+uint64_t gvisor_host_pids(uint64_t app, uint64_t host_pid_max) {
+  uint64_t want = app * 10 + 256, cap = std::max(app + 256, host_pid_max / 4);
+  return std::min(want, cap);
+}
+
 class GvisorRuntime final : public Runtime {
  public:
-  explicit GvisorRuntime(const GvisorConfig& cfg) : cfg_(cfg), cgroups_(cfg.cgroup_name) {}
+  explicit GvisorRuntime(const GvisorConfig& cfg)
+      : cfg_(cfg), cgroups_(cfg.cgroup_name), host_pid_max_(read_pid_max()) {}
   std::string name() const override { return "gvisor"; }
   RunResult run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) override;
 
  private:
+  static uint64_t read_pid_max() {
+    try {
+      return std::stoull(read_file("/proc/sys/kernel/pid_max"));
+    } catch (const std::exception&) {
+      return 32768;  // the kernel's default
+    }
+  }
   GvisorConfig cfg_;
   CgroupManager cgroups_;
+  uint64_t host_pid_max_;
 };
 
 RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) {
@@ -130,7 +181,8 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   fs::path bundle = spec.run_dir / "bundle", state = spec.run_dir / "runsc";
   make_dirs(bundle, 0700);
   make_dirs(state, 0700);
-  write_file_atomic(bundle / "config.json", oci_config(spec, cfg_).dump(), false);
+  const uint64_t app_pids = spec.limits.pids ? spec.limits.pids : cfg_.default_pids;
+  write_file_atomic(bundle / "config.json", oci_config(spec, cfg_, app_pids).dump(), false);
   json files = json::array();
   for (const auto& f : spec.files)
     files.push_back({{"path", f.path},
@@ -141,23 +193,25 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   json lowers = json::array();
   for (const auto& l : spec.lower_layers) lowers.push_back(l.string());
   std::string id = "coppice-" + random_hex(8);
-  json plan = {{"lowers", lowers},
-               {"upper", (spec.run_dir / "upper").string()},
-               {"work", (spec.run_dir / "work").string()},
-               {"merged", (spec.run_dir / "merged").string()},
-               {"root_uid", cfg_.uid_base},
-               {"cwd", spec.cwd},
-               {"argv0", spec.argv[0]},
-               {"path",
-                [&] {
-                  for (const auto& e : spec.env)
-                    if (e.rfind("PATH=", 0) == 0) return e.substr(5);
-                  return std::string(kDefaultPath);
-                }()},
-               {"files", files},
-               {"runsc",
-                {cfg_.runsc, "--root=" + state.string(), "--network=none", "--ignore-cgroups",
-                 "--platform=" + cfg_.platform, "run", "--bundle", bundle.string(), id}}};
+  json plan = {
+      {"lowers", lowers},
+      {"upper", (spec.run_dir / "upper").string()},
+      {"work", (spec.run_dir / "work").string()},
+      {"merged", (spec.run_dir / "merged").string()},
+      {"root_uid", cfg_.uid_base},
+      {"cwd", spec.cwd},
+      {"argv0", spec.argv[0]},
+      {"path",
+       [&] {
+         for (const auto& e : spec.env)
+           if (e.rfind("PATH=", 0) == 0) return e.substr(5);
+         return std::string(kDefaultPath);
+       }()},
+      {"files", files},
+      {"runsc",
+       {cfg_.runsc, "--root=" + state.string(), "--log=" + (state / "runsc.log").string(),
+        "--panic-log=" + (state / "panic.log").string(), "--network=none", "--ignore-cgroups",
+        "--platform=" + cfg_.platform, "run", "--bundle", bundle.string(), id}}};
   fs::path plan_file = spec.run_dir / "gvisor-plan.json";
   write_file_atomic(plan_file, plan.dump(), false);
 
@@ -166,7 +220,7 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   CgroupLimits lim;
   lim.memory_bytes =
       spec.limits.memory_bytes ? spec.limits.memory_bytes : cfg_.default_memory_bytes;
-  lim.pids = spec.limits.pids ? spec.limits.pids : cfg_.default_pids;
+  lim.pids = gvisor_host_pids(app_pids, host_pid_max_);
   lim.cpus = spec.limits.cpus;
   st.cgroups = cgroups_.create(lim);
   const std::vector<int> task_fds = st.cgroups->open_v1_task_files();
@@ -245,6 +299,12 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
       io, spec, observer, cancel, t0, [&] { st.kill(); }, [&] { st.reap(); });
   CgroupStats cs = st.cgroups->stats();
   st.cgroups->remove();
+  RunscEnd end;
+  end.wait_status = st.wait_status;
+  end.oom_killed = cs.oom_killed;
+  end.memory_limit_hit = cs.memory_limit_hit;
+  end.pids_limit_hit = cs.pids_limit_hit;
+  std::string runsc_log = runsc_logs(state, &end.runsc_crashed);
   remove_created_mountpoints(spec.run_dir / "upper", created);
   remove_tree(bundle);
   remove_tree(state);
@@ -254,18 +314,20 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
 
   r.timed_out = sv.timed_out;
   r.cancelled = sv.cancelled;
-  int ws = st.wait_status;
   if (sv.killed) {
     r.signal = SIGKILL;
     r.exit_code = 128 + SIGKILL;
-  } else if (WIFEXITED(ws)) {
-    r.exit_code = WEXITSTATUS(ws);  // runsc exits with the command's status (128+n: signal n)
-    if (r.exit_code > 128 && r.exit_code < 128 + 65) r.signal = r.exit_code - 128;
-  } else if (WIFSIGNALED(ws)) {
-    r.signal = WTERMSIG(ws);  // runsc itself was killed (e.g. by the OOM killer)
-    r.exit_code = 128 + r.signal;
+    r.oom_killed = cs.oom_killed;
+  } else {
+    RunscOutcome o = read_runsc_end(end);
+    if (end.runsc_crashed)
+      spdlog::warn("gvisor run {}: runsc crashed (wait status {:#x}, memory limit {}): {}", id,
+                   end.wait_status, end.memory_limit_hit ? "reached" : "not reached", runsc_log);
+    if (o.failure) throw Error(500, *o.failure + (runsc_log.empty() ? "" : ": " + runsc_log));
+    r.exit_code = o.exit_code;
+    r.signal = o.signal;
+    r.oom_killed = o.oom_killed;
   }
-  r.oom_killed = cs.oom_killed;
   r.stdout_bytes = sv.stdout_bytes;
   r.stderr_bytes = sv.stderr_bytes;
   fill_resources(r.resources, st.usage, cs, sv.elapsed);
