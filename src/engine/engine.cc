@@ -446,6 +446,12 @@ void Engine::run_import(const std::shared_ptr<LiveOperation>& op, const ImportRe
       src = oci::archive_source(layers_.file_path(f->sha256), scratch->path());
       opt.source_name = "file " + f->uuid;
     }
+    // The point of no return is the image's record: a cancel accepted before it ends the
+    // import CANCELLED (nothing recorded); after it, cancels are refused.
+    opt.before_commit = [&] {
+      op->begin_finishing();
+      if (op->cancel_token().cancelled()) throw Error(499, "cancelled");
+    };
     auto res = oci::import_image(*src, meta_, layers_, opt, progress, abort);
     scratch.reset();
     finish(
@@ -551,7 +557,7 @@ void Engine::cancel(const std::string& project, const std::string& uuid) {
   {
     std::lock_guard lk(mu_);
     auto it = live_.find(uuid);
-    if (it == live_.end() || it->second->finishing() || is_terminal(it->second->record().status))
+    if (it == live_.end() || is_terminal(it->second->record().status))
       throw conflict("operation is not cancellable");
     for (auto q = queue_.begin(); q != queue_.end(); ++q) {
       if (q->op->record().uuid == uuid) {
@@ -560,7 +566,9 @@ void Engine::cancel(const std::string& project, const std::string& uuid) {
         break;
       }
     }
-    if (!queued) it->second->cancel_token().cancel();
+    // A running operation takes the cancel only before its point of no return (the result
+    // being recorded): then it ends CANCELLED; after it, the cancel is refused.
+    if (!queued && !it->second->request_cancel()) throw conflict("operation is not cancellable");
   }
   if (queued)
     finish(
@@ -687,6 +695,10 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
     throw;
   }
   const int64_t t_ran = now_us();
+  // The point of no return: from here a cancel is refused, and one accepted before (even
+  // after the command ended by itself) ends the run CANCELLED without a result image.
+  op->begin_finishing();
+  res.cancelled = res.cancelled || op->cancel_token().cancelled();
   bool out_trunc = res.stdout_bytes > obs.out().size();
   bool err_trunc = res.stderr_bytes > obs.err().size();
   if (out_trunc)

@@ -57,6 +57,13 @@ bool LiveOperation::begin_finishing() {
   return true;
 }
 
+bool LiveOperation::request_cancel() {
+  std::lock_guard lk(mu_);
+  if (finishing_ || finished_) return false;
+  cancel_.cancel();
+  return true;
+}
+
 bool LiveOperation::finishing() const {
   std::lock_guard lk(mu_);
   return finishing_;

@@ -35,8 +35,12 @@ class LiveOperation {
   std::vector<store::EventRecord> events_after(int64_t after, std::optional<int> spid,
                                                std::chrono::milliseconds wait) const;
   // Marks the operation as being finalised (cancel is refused from then on). Returns false
-  // when it already was.
+  // when it already was. After it, cancel_token().cancelled() no longer changes: a cancel
+  // accepted before it must end the operation CANCELLED.
   bool begin_finishing();
+  // Accepts a cancel (fires the token) unless the operation is finalising; atomic with
+  // begin_finishing(), so a cancel is either accepted before the point of no return or refused.
+  bool request_cancel();
   bool finishing() const;
   // Publishes the final state in one step: the record, the remaining events (the completion
   // last, ids continuing the log) and the finished flag; then wakes followers.

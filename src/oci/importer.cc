@@ -160,6 +160,7 @@ ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::Layer
     bool all = true;
     for (const auto& id : existing->layers) all = all && have(id);
     if (all) {
+      if (opt.before_commit) opt.before_commit();
       if (opt.tag) {
         meta.set_tag(opt.project, existing->uuid, *opt.tag);
         existing->tag = *opt.tag;
@@ -233,6 +234,7 @@ ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::Layer
                        {"config_digest", img.manifest.config.digest},
                        {"source", opt.source_name.empty() ? src.describe() : opt.source_name},
                        {"platform", img.config.platform.str()}};
+  if (opt.before_commit) opt.before_commit();
   meta.insert_image(rec);
   if (opt.tag) {
     meta.set_tag(opt.project, rec.uuid, *opt.tag);

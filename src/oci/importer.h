@@ -25,6 +25,9 @@ struct ImportOptions {
   uid_t uid_shift = 100000;
   uid_t uid_range = 65536;
   uint64_t min_free_bytes = 0;
+  // Called once, just before the image is recorded (or, for an unchanged re-import, before
+  // its tag moves): the point after which the import cannot be undone. May throw to stop.
+  std::function<void()> before_commit;
 };
 
 struct ImportProgress {

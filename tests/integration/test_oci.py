@@ -574,6 +574,28 @@ def test_archive_import_via_files(client, oci_images, fmt):
     assert stdout_of(client.run(img, "pwd; echo $B")) == "/w\ntwo\n"
 
 
+def test_archive_import_cancel_is_kept(client, oci_images):
+    # Regression: a cancel of an archive import answered 202, and the import still ended
+    # SUCCESS with the tag moved. An accepted cancel must end CANCELLED with nothing recorded;
+    # once the image is being recorded the cancel is refused (409) and the import stands.
+    f = client.upload(open(oci_images.oci_archive, "rb").read())
+    outcomes = []
+    for i, delay in enumerate((0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3)):
+        tag = f"oci/cancel-race-{i}:1"
+        op = start_import(client, {"archive": {"file": f["uuid"]}, "tag": tag})
+        time.sleep(delay)
+        code = client.request("DELETE", f"/v1/operations/{op}").status
+        done = client.wait(op, 120)
+        outcomes.append((code, done["status"]))
+        if code == 202:
+            assert done["status"] == "CANCELLED", done
+            assert done["result_image_uuid"] is None and no_image_with_tag(client, tag)
+        else:
+            assert code == 409 and done["status"] == "SUCCESS", (code, done)
+            assert tagged(client, tag) == done["result_image_uuid"]
+    print("archive import cancel outcomes", outcomes)
+
+
 def test_archive_import_garbage_fails(client):
     f = client.upload(b"this is not a tar archive\n" * 100)
     op = client.wait(start_import(client, {"archive": {"file": f["uuid"]}, "tag": "oci/junk:1"}),

@@ -218,6 +218,51 @@ def test_cancel_running_pending_and_finished(client, busybox):
         assert [e["type"] for e in ev][-2:] == ["exit", "completion"] and ev[-2]["spid"] == 1
 
 
+def test_an_accepted_cancel_always_ends_cancelled(client, busybox):
+    # cancels that race the end of short runs: a 202 must mean CANCELLED (no result image),
+    # a 409 that the run had already reached its result
+    outcomes = {202: 0, 409: 0}
+    for i in range(40):
+        op = client.spawn(busybox, f"echo {i} > /f")
+        time.sleep((i % 8) * 0.004)
+        code = client.request("DELETE", f"/v1/operations/{op}").status
+        assert code in (202, 409)
+        outcomes[code] += 1
+        final = client.wait(op)
+        if code == 202:
+            assert final["status"] == "CANCELLED" and final["result_image_uuid"] is None, final
+        else:
+            assert final["status"] == "SUCCESS" and final["result_image_uuid"], final
+    print("cancel outcomes", outcomes)
+
+
+def test_a_cancel_after_the_commands_exit_is_refused(client, busybox):
+    # Regression: a cancel that came while the server snapshotted a finished run answered 202
+    # and the run still ended SUCCESS with a result image. The exit event is appended at the
+    # point of no return, so a cancel sent once it is seen must be refused.
+    import http.client
+    from coppice_client import parse_sse
+    op = client.spawn(busybox, "mkdir /d && cd /d && seq 4000 | xargs touch")
+    conn = http.client.HTTPConnection(client.host, client.port, timeout=60)
+    conn.request("GET", f"/v1/operations/{op}/events?follow=1",
+                 headers={"Authorization": f"Bearer {client.token}",
+                          "Accept": "text/event-stream"})
+    r = conn.getresponse()
+    buf, seen_exit = b"", False
+    while not seen_exit:
+        chunk = r.read1(65536)
+        assert chunk, "the stream ended before the exit event"
+        buf += chunk
+        while b"\n\n" in buf and not seen_exit:
+            frame, buf = buf.split(b"\n\n", 1)
+            seen_exit = any(e["type"] == "exit" for e in parse_sse(frame.decode() + "\n\n"))
+    code = client.request("DELETE", f"/v1/operations/{op}").status
+    conn.close()
+    final = client.wait(op)
+    assert code == 409 and final["status"] == "SUCCESS" and final["result_image_uuid"], (
+        code, final)
+
+
 def test_setup_failure_still_ends_with_exit_and_completion(client, busybox):
     op = client.run(busybox, "true", cwd="/does/not/exist")
     assert op["status"] == "FAILED" and "cwd" in op["error"]

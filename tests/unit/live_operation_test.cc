@@ -23,6 +23,31 @@ TEST(LiveOperation, EventIdsAreOrderedAndFilterable) {
   EXPECT_EQ(spid1.size(), 2u);
 }
 
+TEST(LiveOperation, ACancelIsAcceptedOnlyBeforeThePointOfNoReturn) {
+  LiveOperation op(store::OperationRecord{});
+  EXPECT_TRUE(op.request_cancel());
+  EXPECT_TRUE(op.cancel_token().cancelled());
+  EXPECT_TRUE(op.begin_finishing());
+  EXPECT_FALSE(op.begin_finishing());
+  LiveOperation late(store::OperationRecord{});
+  EXPECT_TRUE(late.begin_finishing());
+  EXPECT_FALSE(late.request_cancel());  // refused: the token stays as it was
+  EXPECT_FALSE(late.cancel_token().cancelled());
+}
+
+TEST(LiveOperation, RacingCancelAndFinishAgree) {
+  // Whoever wins, an accepted cancel is visible to the finisher after begin_finishing().
+  for (int i = 0; i < 2000; ++i) {
+    LiveOperation op(store::OperationRecord{});
+    bool accepted = false;
+    std::thread t([&] { accepted = op.request_cancel(); });
+    op.begin_finishing();
+    bool seen = op.cancel_token().cancelled();
+    t.join();
+    ASSERT_EQ(accepted, seen) << i;
+  }
+}
+
 TEST(LiveOperation, FollowerWakesOnAppendAndFinish) {
   LiveOperation op(store::OperationRecord{});
   std::thread t([&] {
