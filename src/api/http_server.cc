@@ -18,6 +18,8 @@ namespace beast = boost::beast;
 
 namespace {
 constexpr int kIoTimeoutSeconds = 60;
+// Refused connections answered at once; past this many, further ones are just closed.
+constexpr size_t kMaxRefusing = 32;
 
 tcp::endpoint parse_listen(const std::string& listen) {
   std::string host = listen, port = "8080";
@@ -72,6 +74,13 @@ void HttpServer::run() {
     }
     if (active_.load() >= max_connections_) {
       spdlog::warn("connection limit ({}) reached; refusing a connection", max_connections_);
+      if (refusing_.load() < kMaxRefusing) {
+        refusing_++;
+        std::thread([this, s = std::move(sock)]() mutable {
+          refuse(std::move(s));
+          refusing_--;
+        }).detach();
+      }
       continue;
     }
     sock.set_option(tcp::no_delay(true), ec);
@@ -100,7 +109,29 @@ void HttpServer::stop(bool close_connections) {
 
 void HttpServer::wait_connections() {
   // Bounded by the sockets' I/O timeouts: every connection thread ends within them.
-  while (active_.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  while (active_.load() > 0 || refusing_.load() > 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+
+void HttpServer::refuse(tcp::socket sock) {
+  timeval tv{1, 0};
+  ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  ::setsockopt(sock.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  std::string body =
+      fmt::format(R"({{"error":"the server is at its connection limit ({}); retry","status":503}})",
+                  max_connections_);
+  std::string res = fmt::format(
+      "HTTP/1.1 503 Service Unavailable\r\nServer: coppiced\r\nContent-Type: application/json\r\n"
+      "Retry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{}",
+      body.size(), body);
+  boost::system::error_code ec;
+  boost::asio::write(sock, boost::asio::buffer(res), ec);
+  sock.shutdown(tcp::socket::shutdown_send, ec);
+  // Drain until the peer closes (or a second passes), at most 1 MiB.
+  char sink[4096];
+  for (size_t got = 0; !ec && got < (1u << 20);)
+    got += sock.read_some(boost::asio::buffer(sink), ec);
+  sock.close(ec);
 }
 
 void HttpServer::serve(tcp::socket sock) {

@@ -32,6 +32,9 @@ class HttpServer {
 
  private:
   void serve(tcp::socket sock);
+  // Past max_connections: answers 503 (Retry-After) without reading the request, then drains
+  // what the peer sent for up to a second so the answer is not lost to a reset.
+  void refuse(tcp::socket sock);
 
   Api& api_;
   std::filesystem::path upload_dir_;
@@ -43,6 +46,7 @@ class HttpServer {
   std::mutex mu_;
   std::set<tcp::socket*> open_;
   std::atomic<size_t> active_{0};
+  std::atomic<size_t> refusing_{0};  // connections being answered 503 (at most kMaxRefusing)
 };
 
 }  // namespace coppice::api

@@ -36,6 +36,7 @@ struct Paths {
 struct ServeOptions {
   std::string listen = "127.0.0.1:8080";
   size_t workers = 16;
+  size_t max_connections = 1024;
   size_t flatten_depth = 64;
   bool durable = false;
   int shutdown_grace_s = 30;
@@ -151,7 +152,7 @@ int serve(const Paths& paths, const ServeOptions& o) {
     return d;
   };
   api::Api api(ac, engine);
-  api::HttpServer server(api, o.listen, layers.tmp_path(""));
+  api::HttpServer server(api, o.listen, layers.tmp_path(""), o.max_connections);
   spdlog::info("coppiced listening on {} (port {}), data dir {}", o.listen, server.port(),
                paths.data_dir);
   std::cout << "listening on port " << server.port() << std::endl;
@@ -192,6 +193,11 @@ int main(int argc, char** argv) {
   add_data_dir(serve_cmd);
   serve_cmd->add_option("--listen", so.listen, "address:port to listen on")->capture_default_str();
   serve_cmd->add_option("--workers", so.workers, "sandboxes running at once")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--max-connections", so.max_connections,
+                   "HTTP connections served at once (one thread each); more are answered 503")
+      ->check(CLI::Range(size_t{1}, size_t{100000}))
       ->capture_default_str();
   serve_cmd
       ->add_option("--flatten-depth", so.flatten_depth,

@@ -185,3 +185,59 @@ def test_invalid_utf8_in_path_gets_a_json_error(client):
     r = client.get("/v1/inspect/%ff%fe/")
     assert r.status == 404 and r.json()["status"] == 404
 
+
+
+def test_connection_limit_answers_503(coppiced_bin):
+    """Past --max-connections a connection gets 503 with Retry-After (it used to be closed
+    without a word), and a freed slot serves again."""
+    import json
+    import pathlib
+    import shutil
+    import socket
+    import tempfile
+
+    from conftest import admin
+    from coppice_client import Server
+    data = pathlib.Path(tempfile.mkdtemp(prefix="coppice-conns-", dir="/var/tmp"))
+    admin(data, "image", "bootstrap", "busybox")
+    token = admin(data, "token", "create", "--project", "p")
+    srv = Server(coppiced_bin, data, extra_args=["--max-connections", "2"])
+    srv.start()
+    idle = []
+    try:
+        c = Client(srv.url, token)
+        assert c.get("/v1/whoami").status == 200
+        # two idle connections take both slots (each waits for a request)
+        for _ in range(2):
+            idle.append(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
+        time.sleep(0.3)
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        s.sendall(b"GET /v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                  token.encode() + b"\r\n\r\n")
+        raw = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+        s.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503"), raw
+        assert b"\r\nRetry-After: 1\r\n" in head, head
+        err = json.loads(body)
+        assert err["status"] == 503 and "connection limit" in err["error"]
+        # free a slot: the server serves again
+        idle.pop().close()
+        deadline, served = time.time() + 10, False
+        while not served and time.time() < deadline:
+            try:
+                served = c.get("/v1/whoami").status == 200
+            except (ConnectionError, OSError):
+                pass
+            time.sleep(0.1)
+        assert served
+    finally:
+        for s in idle:
+            s.close()
+        srv.stop()
+        shutil.rmtree(data, ignore_errors=True)
