@@ -3,12 +3,16 @@
 // requests must carry it (400 without, 404 when unknown or ended).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <chrono>
 #include <iostream>
-#include <set>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
 
 #include "cli/log.h"
 #include "common/error.h"
@@ -28,23 +32,73 @@ namespace {
 
 constexpr size_t kMaxBody = 32 * 1024 * 1024;
 
-struct Sessions {
-  std::mutex mu;
-  std::set<std::string> live;
+// The live sessions of the HTTP transport. A session ends on DELETE, after `idle` without a
+// request, or when `max` newer ones push it out (least recently used first); a request on an
+// ended session gets 404, and the client initializes again (as the transport spec says).
+class Sessions {
+ public:
+  using Clock = std::chrono::steady_clock;
+  Sessions(McpServer& server, std::chrono::seconds idle, size_t max)
+      : server_(server), idle_(idle), max_(max) {}
+
   std::string create() {
     std::string id = random_hex(16);
-    std::lock_guard lock(mu);
-    live.insert(id);
+    std::vector<std::string> ended;
+    {
+      std::lock_guard lock(mu_);
+      const auto now = Clock::now();
+      for (auto it = last_.begin(); it != last_.end();) {
+        if (now - it->second > idle_) {
+          ended.push_back(it->first);
+          it = last_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      while (last_.size() >= max_) {
+        auto oldest =
+            std::min_element(last_.begin(), last_.end(),
+                             [](const auto& a, const auto& b) { return a.second < b.second; });
+        ended.push_back(oldest->first);
+        last_.erase(oldest);
+      }
+      last_.emplace(id, now);
+    }
+    for (const auto& e : ended) server_.end_session(e);  // cancels what it left in flight
     return id;
   }
-  bool has(const std::string& id) {
-    std::lock_guard lock(mu);
-    return live.count(id) > 0;
+  // True (and the session's clock restarts) when `id` is live and was used within `idle`.
+  bool touch(const std::string& id) {
+    bool expired = false;
+    {
+      std::lock_guard lock(mu_);
+      auto it = last_.find(id);
+      if (it == last_.end()) return false;
+      const auto now = Clock::now();
+      expired = now - it->second > idle_;
+      if (expired)
+        last_.erase(it);
+      else
+        it->second = now;
+    }
+    if (expired) server_.end_session(id);
+    return !expired;
   }
   bool erase(const std::string& id) {
-    std::lock_guard lock(mu);
-    return live.erase(id) > 0;
+    {
+      std::lock_guard lock(mu_);
+      if (last_.erase(id) == 0) return false;
+    }
+    server_.end_session(id);
+    return true;
   }
+
+ private:
+  McpServer& server_;
+  const std::chrono::seconds idle_;
+  const size_t max_;
+  std::mutex mu_;
+  std::unordered_map<std::string, Clock::time_point> last_;  // id -> last request
 };
 
 bool loopback_origin(const std::string& origin) {
@@ -149,7 +203,6 @@ bool serve_one(McpServer& server, Sessions& sessions, tcp::socket& sock, const R
                                "Mcp-Session-Id header required"));
     if (!sessions.erase(session))
       return reply(rpc_failure(req, http::status::not_found, kInvalidRequest, "unknown session"));
-    server.end_session(session);
     return reply(plain(req, http::status::ok, ""));
   }
   if (req.method() != http::verb::post) {
@@ -175,7 +228,7 @@ bool serve_one(McpServer& server, Sessions& sessions, tcp::socket& sock, const R
     if (session.empty())
       return reply(rpc_failure(req, http::status::bad_request, kInvalidRequest,
                                "Mcp-Session-Id header required (initialize first)"));
-    if (!sessions.has(session))
+    if (!sessions.touch(session))
       return reply(rpc_failure(req, http::status::not_found, kInvalidRequest,
                                "unknown or ended session: initialize again"));
     std::string pv(req["mcp-protocol-version"]);
@@ -230,7 +283,8 @@ void serve_connection(McpServer& server, Sessions& sessions, tcp::socket& sock) 
 
 }  // namespace
 
-void serve_http(McpServer& server, const std::string& listen) {
+void serve_http(McpServer& server, const HttpOptions& opt) {
+  const std::string& listen = opt.listen;
   auto colon = listen.rfind(':');
   if (colon == std::string::npos)
     throw bad_request("--listen must be ADDR:PORT, e.g. 127.0.0.1:9452");
@@ -252,7 +306,7 @@ void serve_http(McpServer& server, const std::string& listen) {
                            host.find(':') != std::string::npos ? "[" + host + "]" : host,
                            acceptor.local_endpoint().port())
             << std::endl;
-  Sessions sessions;
+  Sessions sessions(server, opt.session_idle, opt.max_sessions);
   WorkerSet workers;
   for (;;) {
     tcp::socket sock(io);

@@ -2,6 +2,8 @@
 // streamable HTTP at /mcp (http.cc).
 #pragma once
 
+#include <chrono>
+#include <cstddef>
 #include <string>
 
 #include "mcp/server.h"
@@ -13,11 +15,17 @@ namespace coppice::mcp {
 // stdin is closed and every request has finished.
 void serve_stdio(McpServer& server);
 
-// Serves MCP's streamable HTTP transport on `listen` (ADDR:PORT): POST /mcp (JSON, or an SSE
+struct HttpOptions {
+  std::string listen = "127.0.0.1:9452";    // ADDR:PORT
+  std::chrono::seconds session_idle{3600};  // a session unused this long ends
+  size_t max_sessions = 1000;               // past it, the least recently used session ends
+};
+
+// Serves MCP's streamable HTTP transport on `opt.listen` (ADDR:PORT): POST /mcp (JSON, or an SSE
 // stream when the client accepts it and asked for progress), DELETE /mcp (end the session),
 // GET /mcp (405: no server-initiated stream), GET / (a page describing the tools). Requests
 // with an Origin header that is not a loopback origin are refused (DNS rebinding). Runs until
 // the process is stopped. `ready` is printed to stderr once listening.
-void serve_http(McpServer& server, const std::string& listen);
+void serve_http(McpServer& server, const HttpOptions& opt);
 
 }  // namespace coppice::mcp

@@ -64,11 +64,11 @@ def test_scenario_over_stdio(node_sdk, mcp_env, private_image):
 
 
 class HttpMcp:
-    def __init__(self, env):
+    def __init__(self, env, extra_args=()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([COPPICE, "mcp", "--http", "--listen",
-                                      f"127.0.0.1:{self.port}"], env=env,
+                                      f"127.0.0.1:{self.port}", *extra_args], env=env,
                                      stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()
         assert "serving MCP" in line, line
@@ -108,6 +108,34 @@ def http_mcp(mcp_env):
 
 def test_scenario_over_streamable_http(node_sdk, http_mcp, private_image):
     scenario(node_sdk, dict(os.environ), "http", http_mcp.url + "/mcp", registry=private_image)
+
+
+def test_http_sessions_end_when_idle_or_crowded_out(mcp_env):
+    """Sessions used to live forever (a client initializing in a loop grew the server without
+    bound). An idle one ends after --session-idle; past --max-sessions the least recently used
+    ends. Either way the client gets 404 and initializes again."""
+    ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+    m = HttpMcp(mcp_env, ["--session-idle", "1"])
+    try:
+        sid, _ = m.initialize()
+        assert m.post(ping, {"Mcp-Session-Id": sid})[0] == 200
+        time.sleep(1.6)
+        status, _, body = m.post(ping, {"Mcp-Session-Id": sid})
+        assert status == 404 and "initialize again" in body
+        assert m.post(ping, {"Mcp-Session-Id": m.initialize()[0]})[0] == 200
+    finally:
+        m.stop()
+    m = HttpMcp(mcp_env, ["--max-sessions", "3"])
+    try:
+        a, b, c = (m.initialize()[0] for _ in range(3))
+        time.sleep(0.01)
+        assert m.post(ping, {"Mcp-Session-Id": a})[0] == 200  # b is now the least recently used
+        d = m.initialize()[0]
+        assert m.post(ping, {"Mcp-Session-Id": b})[0] == 404
+        for sid in (a, c, d):
+            assert m.post(ping, {"Mcp-Session-Id": sid})[0] == 200
+    finally:
+        m.stop()
 
 
 def test_http_transport_rules(http_mcp):
