@@ -50,6 +50,7 @@
 #include "common/sha256.h"
 #include "guest/protocol.h"
 #include "sandbox/cgroups.h"
+#include "sandbox/disk_cache.h"
 #include "sandbox/mounts.h"
 #include "sandbox/run_dir.h"
 #include "sandbox/runtime.h"
@@ -180,11 +181,12 @@ int run_and_wait(const std::vector<std::string>& argv) {
 
 class MicrovmRuntime final : public Runtime {
  public:
-  MicrovmRuntime(const MicrovmConfig& cfg) : cfg_(cfg), cgroups_(cfg.cgroup_name) {
+  MicrovmRuntime(const MicrovmConfig& cfg)
+      : cfg_(cfg),
+        cgroups_(cfg.cgroup_name),
+        images_(cfg.state_dir / "images", cfg.image_cache_bytes) {
     // QEMU runs unprivileged: it must read the initramfs and the image disks.
-    make_dirs(cfg_.state_dir / "images", 0755);
     ::chmod(cfg_.state_dir.c_str(), 0755);
-    ::chmod((cfg_.state_dir / "images").c_str(), 0755);
     initramfs_ = cfg_.state_dir / "initramfs.cpio";
     build_initramfs(cfg_, initramfs_);
     if (cfg_.accel == "auto") cfg_.accel = probe_kvm() ? "kvm" : "tcg";
@@ -201,14 +203,17 @@ class MicrovmRuntime final : public Runtime {
   }
 
  private:
-  fs::path image_disk(const RunSpec& spec);
+  // The image's read-only disk, from the cache (built on a miss); leased for the run.
+  DiskCache::Lease image_disk(const RunSpec& spec);
+  // Builds the disk of spec's layer stack at `out`.
+  void build_image_disk(const RunSpec& spec, const fs::path& out);
   // Boots the guest once with KVM (the agent powers off at once in probe mode): true when the
   // VM came up and shut down cleanly within 20 s.
   bool probe_kvm();
   MicrovmConfig cfg_;
   CgroupManager cgroups_;
   fs::path initramfs_;
-  std::mutex images_mu_;
+  DiskCache images_;
   mutable std::mutex details_mu_;
   std::string kvm_probe_ = "not tried";
   int64_t last_boot_ms_ = -1;
@@ -244,12 +249,14 @@ bool MicrovmRuntime::probe_kvm() {
   return ok;
 }
 
-fs::path MicrovmRuntime::image_disk(const RunSpec& spec) {
+DiskCache::Lease MicrovmRuntime::image_disk(const RunSpec& spec) {
   std::string key;
   for (const auto& l : spec.lower_layers) key += l.string() + "\n";
-  fs::path disk = cfg_.state_dir / "images" / (sha256_hex(key).substr(0, 32) + ".ext4");
-  std::lock_guard lock(images_mu_);
-  if (fs::exists(disk)) return disk;
+  return images_.get(sha256_hex(key).substr(0, 32) + ".ext4",
+                     [&](const fs::path& out) { build_image_disk(spec, out); });
+}
+
+void MicrovmRuntime::build_image_disk(const RunSpec& spec, const fs::path& tmp) {
   uint64_t bytes = 0, files = 0;
   for (const auto& l : spec.lower_layers) {
     auto t = tree_size(l);
@@ -260,7 +267,6 @@ fs::path MicrovmRuntime::image_disk(const RunSpec& spec) {
   fs::path work = spec.run_dir.string() + ".mkimage";
   remove_tree(work);
   prepare_run_dir(work, cfg_.uid_base);
-  fs::path tmp = disk.string() + ".tmp";
   {
     UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (!fd || ::fchown(fd.get(), cfg_.uid_base, cfg_.uid_base) != 0)
@@ -303,12 +309,8 @@ fs::path MicrovmRuntime::image_disk(const RunSpec& spec) {
   while (::waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
   }
   remove_tree(work);
-  if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0) {
-    ::unlink(tmp.c_str());
+  if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
     throw Error(500, fmt::format("microvm: building the image disk failed (status {:#x})", ws));
-  }
-  fs::rename(tmp, disk);
-  return disk;
 }
 
 // Writes one change from the guest beneath `upper` (an O_PATH directory fd), refusing anything
@@ -394,7 +396,8 @@ class ChangeWriter {
 RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) {
   validate_spec(spec, cfg_.uid_range);
   prepare_run_dir(spec.run_dir, cfg_.uid_base);
-  fs::path disk = image_disk(spec);
+  DiskCache::Lease disk_lease = image_disk(spec);
+  const fs::path disk = disk_lease.path();
   fs::path vm = spec.run_dir / "vm";
   make_dirs(vm, 0700);
   if (::chown(vm.c_str(), cfg_.uid_base, cfg_.uid_base) != 0)

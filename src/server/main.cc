@@ -51,6 +51,7 @@ struct ServeOptions {
   std::string runsc;                          // path of runsc ("" = look on PATH)
   std::string gvisor_platform = "ptrace";
   std::string microvm_accel = "auto";  // auto | kvm | tcg | off
+  uint64_t microvm_cache_mb = 8192;    // image disks kept for the microVM runtime
 };
 
 int serve(const Paths& paths, const ServeOptions& o) {
@@ -107,6 +108,7 @@ int serve(const Paths& paths, const ServeOptions& o) {
     mc.uid_base = ns.uid_base;
     mc.uid_range = ns.uid_range;
     mc.cgroup_name = ns.cgroup_name + "-microvm";
+    mc.image_cache_bytes = o.microvm_cache_mb << 20;
     std::string why;
     if (mc.usable(&why)) {
       microvm = sandbox::make_microvm_runtime(mc);
@@ -232,6 +234,11 @@ int main(int argc, char** argv) {
   serve_cmd
       ->add_option("--microvm-accel", so.microvm_accel,
                    "microvm runtime: auto (probe KVM once, else TCG) | kvm | tcg | off")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--microvm-cache-mb", so.microvm_cache_mb,
+                   "image disks the microvm runtime keeps (least recently used removed first)")
+      ->check(CLI::Range(uint64_t{64}, uint64_t{1} << 30))
       ->capture_default_str();
   serve_cmd->add_option("--log-level", so.log_level, "trace|debug|info|warn|error")
       ->capture_default_str();
