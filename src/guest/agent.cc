@@ -133,6 +133,32 @@ void must(int rc, const std::string& what) {
   if (rc != 0) fail(what + ": " + std::strerror(errno));
 }
 
+void write_text(const std::string& path, const std::string& text) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) fail("open " + path + ": " + std::strerror(errno));
+  ssize_t n = ::write(fd, text.data(), text.size());
+  int e = errno;
+  ::close(fd);
+  if (n != static_cast<ssize_t>(text.size())) fail("write " + path + ": " + std::strerror(e));
+}
+
+// The run's pids limit, enforced by the guest's kernel: a cgroup with pids.max that the
+// command joins before its exec (on the host, the limit only bounds QEMU's threads). Returns
+// that group's cgroup.procs, open, or -1 when the spec sets no limit.
+int pids_cgroup(const json& spec) {
+  uint64_t pids = spec.value("pids", uint64_t{0});
+  if (pids == 0) return -1;
+  must(::mount("cgroup2", "/sys/fs/cgroup", "cgroup2", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr),
+       "mount cgroup2");
+  write_text("/sys/fs/cgroup/cgroup.subtree_control", "+pids");
+  must(::mkdir("/sys/fs/cgroup/run", 0755), "mkdir the run's cgroup");
+  write_text("/sys/fs/cgroup/run/pids.max", std::to_string(pids));
+  int fd = ::open("/sys/fs/cgroup/run/cgroup.procs", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) fail(std::string("open the run's cgroup.procs: ") + std::strerror(errno));
+  return fd;
+}
+int g_pids_procs = -1;  // pids_cgroup()'s fd, or -1
+
 void mkdir_p(const std::string& path, uid_t uid, gid_t gid) {
   std::string cur;
   size_t pos = 1;
@@ -226,6 +252,7 @@ int64_t uptime_ms() {
 }
 
 [[noreturn]] void exec_command(const json& spec, int in, int out, int err) {
+  if (g_pids_procs >= 0 && ::write(g_pids_procs, "0", 1) != 1) _exit(126);  // join the group
   ::dup2(in, 0);
   ::dup2(out, 1);
   ::dup2(err, 2);
@@ -440,6 +467,7 @@ int main() {
   json spec = json::parse(payload, nullptr, false);
   if (spec.is_discarded()) fail("bad run spec");
   mount_root(spec);
+  g_pids_procs = pids_cgroup(spec);
   int real_root = ::open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   must(::chroot("/root"), "chroot");
   must(::chdir("/"), "chdir /");

@@ -431,7 +431,8 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
                 {"timeout_ms", spec.timeout.count()},
                 {"truncate", spec.truncate_output_at},
                 {"files", files},
-                {"changes", spec.keep_changes}};
+                {"changes", spec.keep_changes},
+                {"pids", spec.limits.pids ? spec.limits.pids : cfg_.default_pids}};
   bool has_path = false;
   for (const auto& e : spec.env) has_path = has_path || e.rfind("PATH=", 0) == 0;
   if (!has_path) gspec["env"].push_back(std::string("PATH=") + kDefaultPath);
@@ -493,7 +494,7 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   SandboxProcess vmp;
   CgroupLimits lim;
   lim.memory_bytes = (std::max<uint64_t>(mem_mb, 128) << 20) + (256ull << 20);  // guest + QEMU
-  lim.pids = 256;
+  lim.pids = 256;  // QEMU's threads; the command's processes are bounded inside the guest
   lim.cpus = spec.limits.cpus;
   vmp.cgroups = cgroups_.create(lim);
   Pipe err_pipe;

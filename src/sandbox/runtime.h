@@ -190,6 +190,7 @@ struct MicrovmConfig {
   uid_t uid_range = 65536;
   gid_t kvm_gid = 0;                             // group that may open /dev/kvm (0: none)
   uint64_t default_memory_bytes = 512ull << 20;  // guest RAM unless the run asks
+  uint64_t default_pids = 1024;                  // the command's processes (in the guest)
   uint64_t scratch_bytes = 4ull << 30;           // the guest's writable disk (sparse)
   uint64_t image_cache_bytes = 8ull << 30;       // image disks kept (least recently used out)
   std::chrono::seconds boot_timeout{60};  // TCG boots take seconds (3 s here, more when busy)

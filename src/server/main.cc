@@ -109,6 +109,7 @@ int serve(const Paths& paths, const ServeOptions& o) {
     mc.uid_range = ns.uid_range;
     mc.cgroup_name = ns.cgroup_name + "-microvm";
     mc.image_cache_bytes = o.microvm_cache_mb << 20;
+    mc.default_pids = ns.default_pids;
     std::string why;
     if (mc.usable(&why)) {
       microvm = sandbox::make_microvm_runtime(mc);

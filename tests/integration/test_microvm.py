@@ -81,6 +81,17 @@ def test_timeout_uid_and_missing_command(vm, busybox):
     assert missing["metadata"]["result"]["state"]["exit_code"] == 127
 
 
+def test_pids_limit_binds_the_guests_processes(vm, busybox):
+    # the limit used to bound only QEMU's threads on the host: a fork bomb in the guest ran
+    # until the guest's RAM ran out. Now the command's tree sits in a guest cgroup.
+    op = vm.run(busybox, "cat /proc/self/cgroup; bomb() { bomb | bomb & }; bomb; sleep 1; echo ok",
+                disposable=True, timeout=60, resources_limits={"pids": 24})
+    assert op["status"] == "SUCCESS", op
+    out = stdout_of(op)
+    assert out.splitlines()[0] == "0::/run" and out.endswith("ok\n"), out
+    assert "can't fork" in op["metadata"]["result"]["stderr"]["value"]
+
+
 def test_no_network_no_host_view_and_cancel(vm, busybox, tmp_path):
     canary = tmp_path / "host-canary"
     canary.write_text("secret")
