@@ -84,6 +84,24 @@ class Client:
         fields.setdefault("disposable", False)
         return self.wait(self.spawn(image, command, **fields))
 
+    def follow(self, op):
+        """Yields op's events as the server streams them (`follow=1`), until the stream ends."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        try:
+            conn.request("GET", f"/v1/operations/{op}/events?follow=1",
+                         headers={"Authorization": f"Bearer {self.token}",
+                                  "Accept": "text/event-stream"})
+            r = conn.getresponse()
+            assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
+            buf = b""
+            while chunk := r.read1(65536):
+                buf += chunk
+                while b"\n\n" in buf:
+                    frame, buf = buf.split(b"\n\n", 1)
+                    yield from parse_sse(frame.decode() + "\n\n")
+        finally:
+            conn.close()
+
     def events(self, op, **params):
         r = self.get(f"/v1/operations/{op}/events", params=params or None)
         assert r.status == 200, r.body

@@ -1,7 +1,4 @@
 """The SSE event stream: order, resume, follow (contract §3)."""
-import http.client
-import json
-import threading
 
 from coppice_client import parse_sse
 
@@ -36,24 +33,7 @@ def test_resume_with_since_and_last_event_id(client, busybox):
 
 def test_follow_streams_live(client, busybox):
     op = client.spawn(busybox, "for i in 1 2 3; do echo $i; sleep 0.2; done")
-    conn = http.client.HTTPConnection(client.host, client.port, timeout=30)
-    conn.request("GET", f"/v1/operations/{op}/events?follow=1",
-                 headers={"Authorization": f"Bearer {client.token}",
-                          "Accept": "text/event-stream"})
-    r = conn.getresponse()
-    assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream"
-    got = []
-    buf = b""
-    while True:
-        chunk = r.read1(65536)
-        if not chunk:
-            break
-        buf += chunk
-        while b"\n\n" in buf:
-            frame, buf = buf.split(b"\n\n", 1)
-            for e in parse_sse(frame.decode() + "\n\n"):
-                got.append(e)
-    conn.close()
+    got = list(client.follow(op))
     assert got[-1]["type"] == "completion"
     assert "".join(e["data"]["value"] for e in got if e["type"] == "stdout") == "1\n2\n3\n"
     assert [e["id"] for e in got] == list(range(len(got)))
