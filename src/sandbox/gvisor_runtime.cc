@@ -321,8 +321,11 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   } else {
     RunscOutcome o = read_runsc_end(end);
     if (end.runsc_crashed)
-      spdlog::warn("gvisor run {}: runsc crashed (wait status {:#x}, memory limit {}): {}", id,
-                   end.wait_status, end.memory_limit_hit ? "reached" : "not reached", runsc_log);
+      spdlog::warn(
+          "gvisor run {}: runsc crashed (wait status {:#x}, memory limit {}, pids limit "
+          "{}): {}",
+          id, end.wait_status, end.memory_limit_hit ? "reached" : "not reached",
+          end.pids_limit_hit ? "reached" : "not reached", runsc_log);
     if (o.failure) throw Error(500, *o.failure + (runsc_log.empty() ? "" : ": " + runsc_log));
     r.exit_code = o.exit_code;
     r.signal = o.signal;
