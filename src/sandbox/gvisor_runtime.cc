@@ -148,10 +148,12 @@ std::string runsc_logs(const fs::path& state, bool* crashed) {
 // The host pids limit of a gVisor run whose command may have `app` tasks. Under the ptrace
 // platform each sandbox process costs the host a stub process plus one stub thread per Sentry
 // thread that ran it (measured: 100 sleeping processes, 900 host tasks), so the host limit is
-// a multiple of the command's, which the Sentry enforces itself (RLIMIT_NPROC). It stays under
-// a quarter of the host's pid space, so that one sandbox cannot exhaust it.
+// a multiple of the command's, which the Sentry enforces itself (RLIMIT_NPROC), plus room for
+// the churn of stubs while processes come and go (a fork bomb under a limit of 16 peaked at
+// 370 host tasks). It stays under a quarter of the host's pid space, so that one sandbox
+// cannot exhaust it.
 uint64_t gvisor_host_pids(uint64_t app, uint64_t host_pid_max) {
-  uint64_t want = app * 10 + 256, cap = std::max(app + 256, host_pid_max / 4);
+  uint64_t want = app * 10 + 2048, cap = std::max(app + 256, host_pid_max / 4);
   return std::min(want, cap);
 }
 

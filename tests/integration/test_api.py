@@ -1,10 +1,7 @@
 """Contract details of the HTTP API: auth, tenants, tags, files, lists, errors, encodings."""
-import gzip
 import os
 import hashlib
 import time
-
-import pytest
 
 from coppice_client import Client, parse_sse, stdout_of
 
@@ -203,41 +200,53 @@ def test_connection_limit_answers_503(coppiced_bin):
     token = admin(data, "token", "create", "--project", "p")
     srv = Server(coppiced_bin, data, extra_args=["--max-connections", "2"])
     srv.start()
-    idle = []
-    try:
-        c = Client(srv.url, token)
-        assert c.get("/v1/whoami").status == 200
-        # two idle connections take both slots (each waits for a request)
-        for _ in range(2):
-            idle.append(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
-        time.sleep(0.3)
+
+    def exchange(keep_alive):
+        """Sends whoami on a new connection: (status line, headers, body, socket)."""
         s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
         s.sendall(b"GET /v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
-                  token.encode() + b"\r\n\r\n")
-        raw = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            raw += chunk
+                  token.encode() + b"\r\nConnection: " +
+                  (b"keep-alive" if keep_alive else b"close") + b"\r\n\r\n")
+        f = s.makefile("rb")
+        status = f.readline().decode().strip()
+        headers = {}
+        while (line := f.readline().decode().strip()):
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        body = f.read(int(headers.get("content-length", "0")))
+        f.close()
+        return status, headers, body, s
+
+    held = []
+    try:
+        # hold both slots with served keep-alive connections (a slot that a just-closed
+        # connection still holds for a moment answers 503: try again)
+        deadline = time.time() + 10
+        while len(held) < 2 and time.time() < deadline:
+            status, _, _, s = exchange(keep_alive=True)
+            if status.startswith("HTTP/1.1 200"):
+                held.append(s)
+            else:
+                s.close()
+                time.sleep(0.1)
+        assert len(held) == 2
+        status, headers, body, s = exchange(keep_alive=False)
         s.close()
-        head, _, body = raw.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 503"), raw
-        assert b"\r\nRetry-After: 1\r\n" in head, head
+        assert status.startswith("HTTP/1.1 503"), (status, body)
+        assert headers["retry-after"] == "1", headers
         err = json.loads(body)
         assert err["status"] == 503 and "connection limit" in err["error"]
         # free a slot: the server serves again
-        idle.pop().close()
+        held.pop().close()
         deadline, served = time.time() + 10, False
         while not served and time.time() < deadline:
-            try:
-                served = c.get("/v1/whoami").status == 200
-            except (ConnectionError, OSError):
-                pass
+            status, _, _, s = exchange(keep_alive=False)
+            s.close()
+            served = status.startswith("HTTP/1.1 200")
             time.sleep(0.1)
         assert served
     finally:
-        for s in idle:
+        for s in held:
             s.close()
         srv.stop()
         shutil.rmtree(data, ignore_errors=True)
