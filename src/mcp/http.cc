@@ -11,6 +11,7 @@
 #include <chrono>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
@@ -33,8 +34,9 @@ namespace {
 constexpr size_t kMaxBody = 32 * 1024 * 1024;
 
 // The live sessions of the HTTP transport. A session ends on DELETE, after `idle` without a
-// request, or when `max` newer ones push it out (least recently used first); a request on an
-// ended session gets 404, and the client initializes again (as the transport spec says).
+// request in flight, or when `max` newer ones push it out (the least recently used idle one
+// first); a request on an ended session gets 404, and the client initializes again (as the
+// transport spec says). A session with a request in flight never ends by itself.
 class Sessions {
  public:
   using Clock = std::chrono::steady_clock;
@@ -47,58 +49,88 @@ class Sessions {
     {
       std::lock_guard lock(mu_);
       const auto now = Clock::now();
-      for (auto it = last_.begin(); it != last_.end();) {
-        if (now - it->second > idle_) {
+      for (auto it = live_.begin(); it != live_.end();) {
+        if (it->second.busy == 0 && now - it->second.last > idle_) {
           ended.push_back(it->first);
-          it = last_.erase(it);
+          it = live_.erase(it);
         } else {
           ++it;
         }
       }
-      while (last_.size() >= max_) {
-        auto oldest =
-            std::min_element(last_.begin(), last_.end(),
-                             [](const auto& a, const auto& b) { return a.second < b.second; });
+      while (live_.size() >= max_) {
+        auto oldest = live_.end();
+        for (auto it = live_.begin(); it != live_.end(); ++it)
+          if (it->second.busy == 0 &&
+              (oldest == live_.end() || it->second.last < oldest->second.last))
+            oldest = it;
+        if (oldest == live_.end()) break;  // every one is busy: go over the cap for now
         ended.push_back(oldest->first);
-        last_.erase(oldest);
+        live_.erase(oldest);
       }
-      last_.emplace(id, now);
+      live_.emplace(id, State{now, 0});
     }
-    for (const auto& e : ended) server_.end_session(e);  // cancels what it left in flight
+    for (const auto& e : ended) server_.end_session(e);
     return id;
   }
-  // True (and the session's clock restarts) when `id` is live and was used within `idle`.
-  bool touch(const std::string& id) {
+  // A request on `id` begins: false when the session is unknown or ended (it expires here when
+  // it sat idle too long). Each true must be followed by end(id).
+  bool begin(const std::string& id) {
     bool expired = false;
     {
       std::lock_guard lock(mu_);
-      auto it = last_.find(id);
-      if (it == last_.end()) return false;
+      auto it = live_.find(id);
+      if (it == live_.end()) return false;
       const auto now = Clock::now();
-      expired = now - it->second > idle_;
-      if (expired)
-        last_.erase(it);
-      else
-        it->second = now;
+      expired = it->second.busy == 0 && now - it->second.last > idle_;
+      if (expired) {
+        live_.erase(it);
+      } else {
+        it->second.last = now;
+        ++it->second.busy;
+      }
     }
     if (expired) server_.end_session(id);
     return !expired;
   }
+  void end(const std::string& id) {
+    std::lock_guard lock(mu_);
+    auto it = live_.find(id);
+    if (it == live_.end()) return;  // deleted meanwhile
+    it->second.last = Clock::now();
+    --it->second.busy;
+  }
   bool erase(const std::string& id) {
     {
       std::lock_guard lock(mu_);
-      if (last_.erase(id) == 0) return false;
+      if (live_.erase(id) == 0) return false;
     }
-    server_.end_session(id);
+    server_.end_session(id);  // cancels what it has in flight
     return true;
   }
 
  private:
+  struct State {
+    Clock::time_point last;  // the last request's start or end
+    int busy;                // requests in flight
+  };
   McpServer& server_;
   const std::chrono::seconds idle_;
   const size_t max_;
   std::mutex mu_;
-  std::unordered_map<std::string, Clock::time_point> last_;  // id -> last request
+  std::unordered_map<std::string, State> live_;
+};
+
+// Ends a request on a session (Sessions::begin's pair).
+class SessionUse {
+ public:
+  SessionUse(Sessions& sessions, std::string id) : sessions_(sessions), id_(std::move(id)) {}
+  ~SessionUse() { sessions_.end(id_); }
+  SessionUse(const SessionUse&) = delete;
+  SessionUse& operator=(const SessionUse&) = delete;
+
+ private:
+  Sessions& sessions_;
+  std::string id_;
 };
 
 bool loopback_origin(const std::string& origin) {
@@ -222,15 +254,17 @@ bool serve_one(McpServer& server, Sessions& sessions, tcp::socket& sock, const R
         rpc_failure(req, http::status::bad_request, kParseError, "parse error: not valid JSON"));
 
   bool is_init = msg.is_object() && msg.value("method", "") == "initialize";
+  std::optional<SessionUse> use;  // the request is in flight on its session until it returns
   if (is_init) {
     session = sessions.create();
   } else {
     if (session.empty())
       return reply(rpc_failure(req, http::status::bad_request, kInvalidRequest,
                                "Mcp-Session-Id header required (initialize first)"));
-    if (!sessions.touch(session))
+    if (!sessions.begin(session))
       return reply(rpc_failure(req, http::status::not_found, kInvalidRequest,
                                "unknown or ended session: initialize again"));
+    use.emplace(sessions, session);
     std::string pv(req["mcp-protocol-version"]);
     const auto& v = supported_protocol_versions();
     if (!pv.empty() && std::find(v.begin(), v.end(), pv) == v.end())

@@ -8,6 +8,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -123,6 +124,20 @@ def test_http_sessions_end_when_idle_or_crowded_out(mcp_env):
         status, _, body = m.post(ping, {"Mcp-Session-Id": sid})
         assert status == 404 and "initialize again" in body
         assert m.post(ping, {"Mcp-Session-Id": m.initialize()[0]})[0] == 200
+        # a session with a request in flight does not expire, however long the request takes
+        busy, _ = m.initialize()
+        call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": {"name": "run", "arguments": {"image": "busybox:latest",
+                                                        "command": "sleep 3; echo slept"}}}
+        out = {}
+        t = threading.Thread(target=lambda: out.update(r=m.post(call, {"Mcp-Session-Id": busy})))
+        t.start()
+        time.sleep(2)
+        m.initialize()  # prunes idle sessions
+        t.join(60)
+        status, _, body = out["r"]
+        assert status == 200 and "slept" in body, body
+        assert m.post(ping, {"Mcp-Session-Id": busy})[0] == 200  # its clock restarted at the end
     finally:
         m.stop()
     m = HttpMcp(mcp_env, ["--max-sessions", "3"])
