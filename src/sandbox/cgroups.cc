@@ -306,26 +306,35 @@ CgroupStats RunCgroups::stats() const {
     s.user_us = keyed_value(cpu, "user_usec");
     s.system_us = keyed_value(cpu, "system_usec");
   }
-  if (!pids_.empty())
-    s.pids_limit_hit = keyed_value(read_small(pids_ + "/pids.events"), "max").value_or(0) > 0;
   if (!memory_.empty()) {
     if (memory_is_v2_) {
       std::string peak = read_small(memory_ + "/memory.peak");
       if (!peak.empty()) s.memory_peak_bytes = std::strtoll(peak.c_str(), nullptr, 10);
-      std::string events = read_small(memory_ + "/memory.events");
-      s.oom_killed = keyed_value(events, "oom_kill").value_or(0) > 0;
-      s.memory_limit_hit =
-          keyed_value(events, "max").value_or(0) > 0 || keyed_value(events, "oom").value_or(0) > 0;
+      s.oom_killed =
+          keyed_value(read_small(memory_ + "/memory.events"), "oom_kill").value_or(0) > 0;
     } else {
       std::string peak = read_small(memory_ + "/memory.max_usage_in_bytes");
       if (!peak.empty()) s.memory_peak_bytes = std::strtoll(peak.c_str(), nullptr, 10);
       s.oom_killed =
           keyed_value(read_small(memory_ + "/memory.oom_control"), "oom_kill").value_or(0) > 0;
-      s.memory_limit_hit =
-          std::strtoll(read_small(memory_ + "/memory.failcnt").c_str(), nullptr, 10) > 0;
     }
   }
   return s;
+}
+
+LimitsHit RunCgroups::limits_hit() const {
+  LimitsHit h;
+  if (!pids_.empty())
+    h.pids = keyed_value(read_small(pids_ + "/pids.events"), "max").value_or(0) > 0;
+  if (memory_.empty()) return h;
+  if (memory_is_v2_) {
+    std::string events = read_small(memory_ + "/memory.events");
+    h.memory =
+        keyed_value(events, "max").value_or(0) > 0 || keyed_value(events, "oom").value_or(0) > 0;
+  } else {
+    h.memory = std::strtoll(read_small(memory_ + "/memory.failcnt").c_str(), nullptr, 10) > 0;
+  }
+  return h;
 }
 
 void RunCgroups::remove() {

@@ -35,8 +35,13 @@ struct CgroupStats {
   std::optional<int64_t> user_us, system_us;  // from cpu.stat when available
   int64_t memory_peak_bytes = 0;              // 0 when unknown
   bool oom_killed = false;
-  bool memory_limit_hit = false;  // usage reached the memory limit at least once
-  bool pids_limit_hit = false;    // a fork or clone failed at the pids limit
+};
+
+// Whether the run reached its limits at some point (read only by runtimes that need it: two
+// more files per run).
+struct LimitsHit {
+  bool memory = false;  // usage reached the memory limit at least once
+  bool pids = false;    // a fork or clone failed at the pids limit
 };
 
 class RunCgroups;
@@ -92,6 +97,7 @@ class RunCgroups {
   // listed in cgroup.procs). Returns whether cgroup.kill was used.
   bool kill_all();
   CgroupStats stats() const;
+  LimitsHit limits_hit() const;
   // Removes the groups, waiting briefly while they are still populated.
   void remove();
 

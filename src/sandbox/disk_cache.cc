@@ -71,33 +71,28 @@ DiskCache::Lease DiskCache::get(const std::string& name,
   return l;
 }
 
-uint64_t DiskCache::allocated_bytes() const {
-  uint64_t total = 0;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir_, ec)) {
-    struct stat st {};
-    if (::lstat(e.path().c_str(), &st) == 0 && S_ISREG(st.st_mode))
-      total += static_cast<uint64_t>(st.st_blocks) * 512;
-  }
-  return total;
-}
-
-void DiskCache::prune(const std::string& keep) {
-  struct Entry {
-    std::string name;
-    struct timespec used;
-    uint64_t bytes;
-  };
-  std::vector<Entry> entries;
-  uint64_t total = 0;
+std::vector<DiskCache::Entry> DiskCache::entries() const {
+  std::vector<Entry> out;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(dir_, ec)) {
     struct stat st {};
     if (is_tmp(e.path()) || ::lstat(e.path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
-    uint64_t bytes = static_cast<uint64_t>(st.st_blocks) * 512;
-    total += bytes;
-    entries.push_back({e.path().filename().string(), st.st_mtim, bytes});
+    out.push_back(
+        {e.path().filename().string(), st.st_mtim, static_cast<uint64_t>(st.st_blocks) * 512});
   }
+  return out;
+}
+
+uint64_t DiskCache::allocated_bytes() const {
+  uint64_t total = 0;
+  for (const Entry& e : entries()) total += e.bytes;
+  return total;
+}
+
+void DiskCache::prune(const std::string& keep) {
+  std::vector<Entry> entries = this->entries();
+  uint64_t total = 0;
+  for (const Entry& e : entries) total += e.bytes;
   if (total <= budget_) return;
   std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
     return a.used.tv_sec != b.used.tv_sec ? a.used.tv_sec < b.used.tv_sec

@@ -9,12 +9,15 @@
 // owns a directory at a time.
 #pragma once
 
+#include <time.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace coppice::sandbox {
 
@@ -52,6 +55,12 @@ class DiskCache {
   const std::filesystem::path& dir() const { return dir_; }
 
  private:
+  struct Entry {
+    std::string name;
+    timespec used;   // mtime
+    uint64_t bytes;  // allocated
+  };
+  std::vector<Entry> entries() const;  // the built files (not NAME.tmp)
   void release(const std::string& name);
   void prune(const std::string& keep);  // with build_mu_ held
 

@@ -300,12 +300,13 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   Supervised sv = supervise(
       io, spec, observer, cancel, t0, [&] { st.kill(); }, [&] { st.reap(); });
   CgroupStats cs = st.cgroups->stats();
+  LimitsHit hit = st.cgroups->limits_hit();
   st.cgroups->remove();
   RunscEnd end;
   end.wait_status = st.wait_status;
   end.oom_killed = cs.oom_killed;
-  end.memory_limit_hit = cs.memory_limit_hit;
-  end.pids_limit_hit = cs.pids_limit_hit;
+  end.memory_limit_hit = hit.memory;
+  end.pids_limit_hit = hit.pids;
   std::string runsc_log = runsc_logs(state, &end.runsc_crashed);
   remove_created_mountpoints(spec.run_dir / "upper", created);
   remove_tree(bundle);

@@ -9,15 +9,11 @@ namespace coppice::sandbox {
 RunscOutcome read_runsc_end(const RunscEnd& end) {
   RunscOutcome o;
   const int ws = end.wait_status;
-  if (end.oom_killed || (end.runsc_crashed && end.memory_limit_hit)) {
+  const bool at_memory_limit = end.oom_killed || (end.runsc_crashed && end.memory_limit_hit);
+  if (at_memory_limit || (end.runsc_crashed && end.pids_limit_hit)) {
     o.signal = SIGKILL;
     o.exit_code = 128 + SIGKILL;
-    o.oom_killed = true;
-    return o;
-  }
-  if (end.runsc_crashed && end.pids_limit_hit) {
-    o.signal = SIGKILL;
-    o.exit_code = 128 + SIGKILL;
+    o.oom_killed = at_memory_limit;
     return o;
   }
   if (end.runsc_crashed) {
