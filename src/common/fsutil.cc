@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/beneath.h"
 #include "common/error.h"
 #include "common/fd.h"
 
@@ -36,7 +37,7 @@ namespace {
 // before its contents; `on_dir_exit(dirfd, name)` runs after a directory's contents, with the
 // parent's fd. Throws Error on any failure (nothing is silently skipped).
 template <typename OnEntry, typename OnDirExit>
-void walk_tree(const fs::path& root, OnEntry on_entry, OnDirExit on_dir_exit) {
+void walk_tree(UniqueFd cur, const std::string& root, OnEntry on_entry, OnDirExit on_dir_exit) {
   struct Level {
     std::vector<std::string> names;
     size_t next = 0;
@@ -47,7 +48,7 @@ void walk_tree(const fs::path& root, OnEntry on_entry, OnDirExit on_dir_exit) {
     lv.name = std::move(name);
     UniqueFd dup(::dup(fd));
     DIR* d = dup ? ::fdopendir(dup.get()) : nullptr;
-    if (!d) throw sys_error("opendir below " + root.string());
+    if (!d) throw sys_error("opendir below " + root);
     dup.release();
     std::unique_ptr<DIR, int (*)(DIR*)> guard(d, ::closedir);
     ::rewinddir(d);
@@ -57,8 +58,6 @@ void walk_tree(const fs::path& root, OnEntry on_entry, OnDirExit on_dir_exit) {
     }
     return lv;
   };
-  UniqueFd cur(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!cur) throw sys_error("open " + root.string());
   std::vector<Level> stack;
   stack.push_back(list(cur.get(), ""));
   while (!stack.empty()) {
@@ -68,7 +67,7 @@ void walk_tree(const fs::path& root, OnEntry on_entry, OnDirExit on_dir_exit) {
       stack.pop_back();
       if (stack.empty()) break;
       UniqueFd up(::openat(cur.get(), "..", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-      if (!up) throw sys_error("open .. below " + root.string());
+      if (!up) throw sys_error("open .. below " + root);
       cur = std::move(up);
       on_dir_exit(cur.get(), name);
       continue;
@@ -77,16 +76,37 @@ void walk_tree(const fs::path& root, OnEntry on_entry, OnDirExit on_dir_exit) {
     struct stat st;
     if (::fstatat(cur.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
       if (errno == ENOENT) continue;
-      throw sys_error("stat " + name + " below " + root.string());
+      throw sys_error("stat " + name + " below " + root);
     }
     on_entry(cur.get(), name, st);
     if (!S_ISDIR(st.st_mode)) continue;
     UniqueFd child(
         ::openat(cur.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!child) throw sys_error("open " + name + " below " + root.string());
+    if (!child) throw sys_error("open " + name + " below " + root);
     cur = std::move(child);
     stack.push_back(list(cur.get(), name));
   }
+}
+
+template <typename OnEntry, typename OnDirExit>
+void walk_path(const fs::path& root, OnEntry on_entry, OnDirExit on_dir_exit) {
+  UniqueFd cur(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!cur) throw sys_error("open " + root.string());
+  walk_tree(std::move(cur), root.string(), on_entry, on_dir_exit);
+}
+
+// Removes everything below the directory open as `dir` (never following symlinks).
+void empty_dir(UniqueFd dir, const std::string& label) {
+  walk_tree(
+      std::move(dir), label,
+      [&](int dirfd, const std::string& name, const struct stat& st) {
+        if (!S_ISDIR(st.st_mode) && ::unlinkat(dirfd, name.c_str(), 0) != 0 && errno != ENOENT)
+          throw sys_error("unlink " + name + " below " + label);
+      },
+      [&](int dirfd, const std::string& name) {
+        if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
+          throw sys_error("rmdir " + name + " below " + label);
+      });
 }
 
 }  // namespace
@@ -94,17 +114,20 @@ void walk_tree(const fs::path& root, OnEntry on_entry, OnDirExit on_dir_exit) {
 void remove_tree(const fs::path& p) {
   if (::unlink(p.c_str()) == 0 || errno == ENOENT) return;
   if (errno != EISDIR && errno != EPERM) throw sys_error("unlink " + p.string());
-  walk_tree(
-      p,
-      [&](int dirfd, const std::string& name, const struct stat& st) {
-        if (!S_ISDIR(st.st_mode) && ::unlinkat(dirfd, name.c_str(), 0) != 0 && errno != ENOENT)
-          throw sys_error("unlink " + name + " below " + p.string());
-      },
-      [&](int dirfd, const std::string& name) {
-        if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
-          throw sys_error("rmdir " + name + " below " + p.string());
-      });
+  UniqueFd dir(::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!dir) throw sys_error("open " + p.string());
+  empty_dir(std::move(dir), p.string());
   if (::rmdir(p.c_str()) != 0 && errno != ENOENT) throw sys_error("rmdir " + p.string());
+}
+
+void remove_tree_at(int dirfd, const std::string& name) {
+  if (::unlinkat(dirfd, name.c_str(), 0) == 0 || errno == ENOENT) return;
+  if (errno != EISDIR && errno != EPERM) throw sys_error("unlink " + name);
+  UniqueFd dir(::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!dir) throw sys_error("open " + name);
+  empty_dir(std::move(dir), name);
+  if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT)
+    throw sys_error("rmdir " + name);
 }
 
 void fsync_dir(const fs::path& p) {
@@ -154,7 +177,7 @@ void write_file_atomic(const fs::path& p, std::string_view data, bool durable) {
 TreeSize tree_size(const fs::path& p) {
   TreeSize ts;
   std::set<std::pair<dev_t, ino_t>> seen;
-  walk_tree(
+  walk_path(
       p,
       [&](int, const std::string&, const struct stat& st) {
         ts.entries++;
@@ -182,7 +205,7 @@ void shift_ownership(const fs::path& p, uid_t shift) {
   struct stat st;
   if (::lstat(p.c_str(), &st) != 0) throw sys_error("stat " + p.string());
   shift_one(AT_FDCWD, p.c_str(), st, shift, p.string());
-  walk_tree(
+  walk_path(
       p,
       [&](int dirfd, const std::string& name, const struct stat& est) {
         shift_one(dirfd, name.c_str(), est, shift, name + " below " + p.string());

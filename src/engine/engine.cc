@@ -424,6 +424,16 @@ void Engine::run_import(const std::shared_ptr<LiveOperation>& op, const ImportRe
   opt.platform = req.platform;
   opt.uid_shift = cfg_.uid_shift;
   opt.min_free_bytes = cfg_.min_free_bytes;
+  opt.max_bytes = cfg_.max_import_bytes;
+  opt.max_entries = cfg_.max_import_entries;
+  opt.on_layer = [&](const oci::Descriptor& d, const oci::UnpackStats& st) {
+    if (st.skipped_count)
+      op->append(0, "skipped_entries",
+                 {{"layer", d.digest},
+                  {"count", st.skipped_count},
+                  {"entries", st.skipped},
+                  {"reason", "device nodes and sockets are not stored in layers"}});
+  };
   auto progress = [&](const oci::ImportProgress& p) {
     op->append(0, "progress",
                {{"layers_done", p.layers_done},
@@ -443,7 +453,8 @@ void Engine::run_import(const std::shared_ptr<LiveOperation>& op, const ImportRe
       auto f = meta_.get_file_by_uuid(rec0.project, *req.archive_file);
       if (!f) throw not_found(fmt::format("file {} not found", *req.archive_file));
       scratch.emplace(layers_.tmp_path("archive-" + rec0.uuid));
-      src = oci::archive_source(layers_.file_path(f->sha256), scratch->path());
+      oci::ArchiveLimits lim{cfg_.max_import_bytes, cfg_.max_import_entries, cfg_.min_free_bytes};
+      src = oci::archive_source(layers_.file_path(f->sha256), scratch->path(), "", lim);
       opt.source_name = "file " + f->uuid;
     }
     // The point of no return is the image's record: a cancel accepted before it ends the

@@ -40,6 +40,9 @@ struct EngineConfig {
   SpawnLimits limits;
   oci::RegistryConfig registry;         // insecure registries, mirrors, retries
   int64_t max_import_timeout_s = 3600;  // cap on an import's or push's `timeout`
+  // Decompression-bomb caps of one import (archive extraction and all its layers; 0 = none).
+  uint64_t max_import_bytes = 32ull << 30;
+  uint64_t max_import_entries = 2000000;
 };
 
 class Engine {

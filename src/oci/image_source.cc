@@ -4,10 +4,13 @@
 #include <archive_entry.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "common/beneath.h"
 #include "common/error.h"
 #include "common/fd.h"
 #include "common/fsutil.h"
@@ -242,7 +245,10 @@ struct ReadFree {
 };
 
 // Unpacks an archive of an image (only directories and regular files; nothing outside `dest`).
-void extract_archive(const fs::path& tar, const fs::path& dest) {
+// Unpacks the directories and regular files of an image archive into `dest` (nothing else is
+// needed to read an OCI layout or a docker-save tar). Every write is beneath a directory fd of
+// `dest` (common/beneath.h).
+void extract_archive(const fs::path& tar, const fs::path& dest, const ArchiveLimits& lim) {
   std::unique_ptr<archive, ReadFree> a(archive_read_new());
   archive_read_support_filter_gzip(a.get());
   archive_read_support_filter_zstd(a.get());
@@ -250,25 +256,33 @@ void extract_archive(const fs::path& tar, const fs::path& dest) {
   if (archive_read_open_filename(a.get(), tar.c_str(), 1 << 20) != ARCHIVE_OK)
     throw unprocessable(
         fmt::format("{} is not a tar archive: {}", tar.string(), archive_error_string(a.get())));
+  UniqueFd root = open_dir_path(dest);
   archive_entry* e;
   std::string buf(1 << 20, '\0');
+  uint64_t entries = 0, bytes = 0, written = 0, checked = 0;
   for (;;) {
     int r = archive_read_next_header(a.get(), &e);
     if (r == ARCHIVE_EOF) break;
     if (r < ARCHIVE_WARN)
       throw unprocessable(fmt::format("{}: {}", tar.string(), archive_error_string(a.get())));
+    if (lim.max_entries && ++entries > lim.max_entries)
+      throw Error(413, fmt::format("the archive has more than {} entries", lim.max_entries));
     std::string rel =
         normalize_member_name(archive_entry_pathname(e) ? archive_entry_pathname(e) : "");
     if (rel.empty()) continue;
-    fs::path p = dest / rel;
     if (archive_entry_filetype(e) == AE_IFDIR) {
-      make_dirs(p, 0755);
+      make_dirs_beneath(root.get(), rel);
       continue;
     }
     if (archive_entry_filetype(e) != AE_IFREG) continue;
-    make_dirs(p.parent_path(), 0755);
-    UniqueFd fd(::open(p.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
-    if (!fd) throw sys_error("create " + p.string());
+    bytes += static_cast<uint64_t>(std::max<int64_t>(archive_entry_size(e), 0));
+    if (lim.max_bytes && bytes > lim.max_bytes)
+      throw Error(413, fmt::format("the archive holds more than {} bytes", lim.max_bytes));
+    size_t slash = rel.rfind('/');
+    UniqueFd dir =
+        make_dirs_beneath(root.get(), slash == std::string::npos ? "" : rel.substr(0, slash));
+    std::string base = slash == std::string::npos ? rel : rel.substr(slash + 1);
+    UniqueFd fd = open_beneath(dir.get(), base, O_WRONLY | O_CREAT | O_EXCL, 0600);
     for (;;) {
       la_ssize_t n = archive_read_data(a.get(), buf.data(), buf.size());
       if (n < 0)
@@ -278,9 +292,19 @@ void extract_archive(const fs::path& tar, const fs::path& dest) {
       size_t left = static_cast<size_t>(n);
       while (left) {
         ssize_t w = ::write(fd.get(), d, left);
-        if (w < 0) throw sys_error("write " + p.string());
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == ENOSPC) throw Error(507, "the data filesystem is full");
+        if (w < 0) throw sys_error("write " + rel);
         d += w;
         left -= static_cast<size_t>(w);
+        written += static_cast<uint64_t>(w);
+      }
+      if (lim.min_free_bytes && written - checked > (64u << 20)) {
+        checked = written;
+        struct statvfs vfs;
+        if (::fstatvfs(root.get(), &vfs) == 0 &&
+            static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize < lim.min_free_bytes)
+          throw Error(507, "the data filesystem is nearly full");
       }
     }
   }
@@ -294,14 +318,14 @@ std::unique_ptr<ImageSource> registry_source(const Reference& ref, const Credent
 }
 
 std::unique_ptr<ImageSource> archive_source(const fs::path& path, const fs::path& scratch,
-                                            const std::string& name) {
+                                            const std::string& name, const ArchiveLimits& limits) {
   std::error_code ec;
   fs::path dir = path;
   std::string kind;
   if (fs::is_directory(path, ec)) {
     kind = "directory";
   } else if (fs::is_regular_file(path, ec)) {
-    extract_archive(path, scratch);
+    extract_archive(path, scratch, limits);
     dir = scratch;
     kind = "archive";
   } else {

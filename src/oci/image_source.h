@@ -37,8 +37,17 @@ std::unique_ptr<ImageSource> registry_source(const Reference& ref, const Credent
 // contents). Tars are unpacked into `scratch` (a fresh directory the caller removes) first.
 // `name`: which image of a layout holding several (matched against the
 // org.opencontainers.image.ref.name annotation or a RepoTags entry); empty = the only one.
+// Caps on unpacking an archive (decompression bombs; 0 = none): the apparent size of its
+// files, its number of entries, and the free space the data filesystem keeps. Past one the
+// source fails with Error 413 (507 for space).
+struct ArchiveLimits {
+  uint64_t max_bytes = 0;
+  uint64_t max_entries = 0;
+  uint64_t min_free_bytes = 0;
+};
 std::unique_ptr<ImageSource> archive_source(const std::filesystem::path& path,
                                             const std::filesystem::path& scratch,
-                                            const std::string& name = "");
+                                            const std::string& name = "",
+                                            const ArchiveLimits& limits = {});
 
 }  // namespace coppice::oci

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <exception>
 #include <mutex>
@@ -57,12 +58,13 @@ class ProgressReporter {
 // Downloads one layer blob into a socket while the caller unpacks from the other end, so the
 // blob streams from the network into the layer directory with no temporary copy. The digest
 // and size are checked on everything that came through.
-void fetch_and_unpack(ImageSource& src, const Descriptor& d, const fs::path& dest,
-                      const UnpackOptions& uopt, ProgressReporter& rep) {
+UnpackStats fetch_and_unpack(ImageSource& src, const Descriptor& d, const fs::path& dest,
+                             const UnpackOptions& uopt, ProgressReporter& rep) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) throw sys_error("socketpair");
   UniqueFd rd(sv[0]), wr(sv[1]);
   std::exception_ptr fetch_error;
+  std::atomic<bool> fetch_failed{false};
   std::string got_digest;
   int64_t got_size = 0;
   std::thread fetcher([&] {
@@ -88,22 +90,28 @@ void fetch_and_unpack(ImageSource& src, const Descriptor& d, const fs::path& des
       got_digest = "sha256:" + h.hex_digest();
     } catch (...) {
       fetch_error = std::current_exception();
+      fetch_failed = true;
     }
     ::shutdown(wr.get(), SHUT_WR);
   });
   std::exception_ptr unpack_error;
+  bool fetch_failed_first = false;
+  UnpackStats stats;
   try {
-    unpack_layer(rd.get(), dest, uopt);
+    stats = unpack_layer(rd.get(), dest, uopt);
     // Read what follows the tar's end marker so the digest covers the whole blob.
     char buf[65536];
     while (::read(rd.get(), buf, sizeof buf) > 0) {
     }
   } catch (...) {
     unpack_error = std::current_exception();
+    fetch_failed_first = fetch_failed;
     ::shutdown(rd.get(), SHUT_RDWR);  // unblocks the fetcher
   }
   fetcher.join();
-  // A download failure explains a truncated tar better than the unpacker's error does.
+  // A download that failed first explains a truncated tar better than the unpacker's error
+  // does; an unpacker that failed first (a hostile or oversized layer) made the download stop.
+  if (unpack_error && !fetch_failed_first) std::rethrow_exception(unpack_error);
   if (fetch_error) std::rethrow_exception(fetch_error);
   if (unpack_error) std::rethrow_exception(unpack_error);
   if (got_digest != d.digest)
@@ -112,6 +120,7 @@ void fetch_and_unpack(ImageSource& src, const Descriptor& d, const fs::path& des
   if (got_size != d.size)
     throw unprocessable(
         fmt::format("layer {} is {} bytes, its descriptor says {}", d.digest, got_size, d.size));
+  return stats;
 }
 
 // Fetches a blob only to check it hashes to its digest (proof that the source has it).
@@ -136,6 +145,12 @@ std::string layer_id_for(const std::string& digest) {
   return "sha256-" + digest.substr(digest.find(':') + 1);
 }
 
+std::string chained_layer_id(const std::string& id, const std::vector<std::string>& below) {
+  std::string chain;
+  for (const auto& b : below) chain += b + "\n";
+  return id + "-on-" + sha256_hex(chain).substr(0, 32);
+}
+
 ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::LayerStore& layers,
                           const ImportOptions& opt,
                           const std::function<void(const ImportProgress&)>& progress,
@@ -151,8 +166,6 @@ ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::Layer
     for (const auto& l : img.manifest.layers) p.bytes_total += static_cast<uint64_t>(l.size);
   });
 
-  std::vector<std::string> ids;  // bottom first
-  for (const auto& l : img.manifest.layers) ids.push_back(layer_id_for(l.digest));
   auto have = [&](const std::string& id) { return fs::exists(layers.layer_path(id)); };
 
   // An unchanged re-import: the same manifest in this project, all layers still stored.
@@ -177,14 +190,49 @@ ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::Layer
     }
   }
 
+  // Layers unpacked by this import wait in tmp/ until the image is recorded, so that a failed
+  // import (a bomb, a hostile layer, a cancel) leaves nothing in layers/.
+  struct Pending {
+    fs::path tmp;
+    std::string id;
+  };
+  std::vector<Pending> pending;
+  struct RemovePending {
+    std::vector<Pending>& p;
+    ~RemovePending() {
+      for (const auto& x : p) try {
+          remove_tree(x.tmp);
+        } catch (const std::exception& e) {
+          spdlog::warn("import: could not remove {}: {}", x.tmp.string(), e.what());
+        }
+    }
+  } remove_pending{pending};
+  auto pending_path = [&](const std::string& id) -> const fs::path* {
+    for (const auto& x : pending)
+      if (x.id == id) return &x.tmp;
+    return nullptr;
+  };
+  auto path_of = [&](const std::string& id) {
+    const fs::path* p = pending_path(id);
+    return p ? *p : layers.layer_path(id);
+  };
+
+  std::vector<std::string> ids;  // bottom first, filled as the layers are unpacked or found
+  uint64_t bytes_left = opt.max_bytes, entries_left = opt.max_entries;
   for (size_t i = 0; i < img.manifest.layers.size(); ++i) {
     if (abort && abort()) throw Error(499, "cancelled");
     const Descriptor& d = img.manifest.layers[i];
-    const std::string& id = ids[i];
-    if (have(id)) {
+    // A layer is stored under its blob's id unless unpacking it had to copy attributes from the
+    // layers below (see UnpackStats::depends_on_lower): then under an id that names them too.
+    const std::string plain = layer_id_for(d.digest), chained = chained_layer_id(plain, ids);
+    auto known = [&](const std::string& id) { return pending_path(id) || have(id); };
+    const std::string* found = known(plain) ? &plain : known(chained) ? &chained : nullptr;
+    if (found) {
       // Another project's layer is reused only after this source proved it has the same bytes
       // (a manifest can name any digest; naming one must not be enough to read its content).
-      if (!meta.project_has_layer(opt.project, id)) verify_blob(src, d, rep);
+      if (!pending_path(*found) && !meta.project_has_layer(opt.project, *found))
+        verify_blob(src, d, rep);
+      ids.push_back(*found);
       rep.update([&](ImportProgress& p) {
         ++p.layers_done;
         ++p.layers_reused;
@@ -193,31 +241,29 @@ ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::Layer
       continue;
     }
     fs::path tmp = layers.tmp_path("import-" + new_uuid());
-    make_dirs(tmp, 0755);
-    try {
-      // The layer's root belongs to the sandbox's root, like every directory it creates.
-      if (::chown(tmp.c_str(), opt.uid_shift, opt.uid_shift) != 0)
-        throw sys_error("chown " + tmp.string());
-      std::vector<fs::path> below;
-      for (size_t j = i; j-- > 0;) below.push_back(layers.layer_path(ids[j]));
-      std::optional<store::LayerView> lower;
-      if (!below.empty()) lower.emplace(below, opt.uid_shift);
-      UnpackOptions uopt;
-      uopt.uid_shift = opt.uid_shift;
-      uopt.uid_range = opt.uid_range;
-      uopt.lower = lower ? &*lower : nullptr;
-      uopt.min_free_bytes = opt.min_free_bytes;
-      fetch_and_unpack(src, d, tmp, uopt, rep);
-      try {
-        layers.commit_layer(tmp, id);
-      } catch (const std::exception&) {
-        if (!have(id)) throw;
-        remove_tree(tmp);  // another import stored the same layer meanwhile
-      }
-    } catch (...) {
-      remove_tree(tmp);
-      throw;
-    }
+    make_dirs(tmp, 0700);
+    pending.push_back({tmp, ""});
+    // The layer's root belongs to the sandbox's root, like every directory it creates.
+    if (::chown(tmp.c_str(), opt.uid_shift, opt.uid_shift) != 0 || ::chmod(tmp.c_str(), 0755))
+      throw sys_error("chown " + tmp.string());
+    std::vector<fs::path> below;
+    for (size_t j = ids.size(); j-- > 0;) below.push_back(path_of(ids[j]));
+    std::optional<store::LayerView> lower;
+    if (!below.empty()) lower.emplace(below, opt.uid_shift);
+    UnpackOptions uopt;
+    uopt.uid_shift = opt.uid_shift;
+    uopt.uid_range = opt.uid_range;
+    uopt.lower = lower ? &*lower : nullptr;
+    uopt.min_free_bytes = opt.min_free_bytes;
+    // The import's caps, less what the layers below used.
+    uopt.max_bytes = opt.max_bytes ? std::max<uint64_t>(bytes_left, 1) : 0;
+    uopt.max_entries = opt.max_entries ? std::max<uint64_t>(entries_left, 1) : 0;
+    UnpackStats st = fetch_and_unpack(src, d, tmp, uopt, rep);
+    if (opt.max_bytes) bytes_left -= std::min(bytes_left, st.bytes);
+    if (opt.max_entries) entries_left -= std::min(entries_left, st.entries);
+    if (opt.on_layer) opt.on_layer(d, st);
+    pending.back().id = st.depends_on_lower ? chained : plain;
+    ids.push_back(pending.back().id);
     rep.update([&](ImportProgress& p) { ++p.layers_done; });
   }
 
@@ -235,6 +281,16 @@ ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::Layer
                        {"source", opt.source_name.empty() ? src.describe() : opt.source_name},
                        {"platform", img.config.platform.str()}};
   if (opt.before_commit) opt.before_commit();
+  // The point of no return: the new layers go into layers/ (before the row that names them,
+  // see the crash-safety protocol in docs/ARCHITECTURE.md).
+  for (auto it = pending.begin(); it != pending.end(); it = pending.erase(it)) {
+    try {
+      layers.commit_layer(it->tmp, it->id);
+    } catch (const std::exception&) {
+      if (!have(it->id)) throw;
+      remove_tree(it->tmp);  // another import stored the same layer meanwhile
+    }
+  }
   meta.insert_image(rec);
   if (opt.tag) {
     meta.set_tag(opt.project, rec.uuid, *opt.tag);

@@ -9,8 +9,10 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "oci/image_source.h"
+#include "oci/layer_unpack.h"
 #include "store/layer_store.h"
 #include "store/meta_store.h"
 
@@ -25,6 +27,12 @@ struct ImportOptions {
   uid_t uid_shift = 100000;
   uid_t uid_range = 65536;
   uint64_t min_free_bytes = 0;
+  // Decompression-bomb caps for the whole import (0: none): the apparent size of all files and
+  // the number of entries of all layers unpacked.
+  uint64_t max_bytes = 0;
+  uint64_t max_entries = 0;
+  // Called after each layer is unpacked (not for reused layers), e.g. to report what it skipped.
+  std::function<void(const Descriptor&, const UnpackStats&)> on_layer;
   // Called once, just before the image is recorded (or, for an unchanged re-import, before
   // its tag moves): the point after which the import cannot be undone. May throw to stop.
   std::function<void()> before_commit;
@@ -53,5 +61,10 @@ ImportResult import_image(ImageSource& src, store::MetaStore& meta, store::Layer
 
 // The store's layer id for a blob digest: "sha256-<hex>".
 std::string layer_id_for(const std::string& digest);
+
+// The id of layer `id` unpacked on top of the layers `below` (bottom first) when its content
+// depends on them: "<id>-on-<hash of their ids>". A stored layer's content depends only on its
+// own blob, or its id names what else it depends on, so layers are shared safely.
+std::string chained_layer_id(const std::string& id, const std::vector<std::string>& below);
 
 }  // namespace coppice::oci

@@ -40,6 +40,7 @@
 #include "sandbox/runsc_end.h"
 #include "sandbox/runtime.h"
 #include "sandbox/supervise.h"
+#include "sandbox/user_ns.h"
 
 namespace coppice::sandbox {
 
@@ -101,7 +102,7 @@ json oci_config(const RunSpec& spec, const GvisorConfig& cfg, uint64_t pids) {
             {{"destination", "/tmp"},
              {"type", "bind"},
              {"source", merged + "/tmp"},
-             {"options", {"rbind", "rw"}}}})},
+             {"options", {"rbind", "rw", "nosuid", "nodev"}}}})},
       {"linux",
        {{"namespaces", json::array({{{"type", "pid"}},
                                     {{"type", "ipc"}},
@@ -190,8 +191,8 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
     files.push_back({{"path", f.path},
                      {"blob", f.host_blob.string()},
                      {"mode", f.mode},
-                     {"uid", f.uid + cfg_.uid_base},
-                     {"gid", f.gid + cfg_.uid_base}});
+                     {"uid", f.uid},  // sandbox ids: the injector runs in a user namespace
+                     {"gid", f.gid}});
   json lowers = json::array();
   for (const auto& l : spec.lower_layers) lowers.push_back(l.string());
   std::string id = "coppice-" + random_hex(8);
@@ -201,6 +202,7 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
       {"work", (spec.run_dir / "work").string()},
       {"merged", (spec.run_dir / "merged").string()},
       {"root_uid", cfg_.uid_base},
+      {"uid_range", cfg_.uid_range},
       {"cwd", spec.cwd},
       {"argv0", spec.argv[0]},
       {"path",
@@ -376,21 +378,35 @@ int command_status(const json& plan) {
   }
 }
 
-// In a child chrooted into the merged root (so paths and symlinks resolve inside the image):
-// checks the cwd, injects the files and finds the command. Returns the command_status.
+// In a child that enters a new user namespace mapped like the sandbox's (sandbox 0 = host
+// uid_base) and chroots into the merged root, so that paths and symlinks resolve inside the
+// image and every write is made as sandbox root, never as host root: checks the cwd, injects
+// the files and finds the command. Returns the command_status.
 int inject_files(const json& plan) {
+  // Opened as host root before the user namespace: the blobs (host files) and the root.
+  std::vector<UniqueFd> blobs;
+  for (const auto& f : plan["files"]) {
+    std::string blob = f["blob"];
+    blobs.emplace_back(::open(blob.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!blobs.back()) init_fail(500, "open file blob " + blob);
+  }
+  std::string merged = plan["merged"];
+  UniqueFd root(::open(merged.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  if (!root) init_fail(500, "open the merged root");
+  int ready[2], go[2];
+  if (::pipe2(ready, O_CLOEXEC) != 0 || ::pipe2(go, O_CLOEXEC) != 0)
+    init_fail(500, "pipe for the file injector");
+  UniqueFd ready_rd(ready[0]), ready_wr(ready[1]), go_rd(go[0]), go_wr(go[1]);
   pid_t pid = ::fork();
   if (pid < 0) init_fail(500, "fork the file injector");
   if (pid == 0) {
-    // The blobs are host files: open them before entering the image's root.
-    std::vector<UniqueFd> blobs;
-    for (const auto& f : plan["files"]) {
-      std::string blob = f["blob"];
-      blobs.emplace_back(::open(blob.c_str(), O_RDONLY | O_CLOEXEC));
-      if (!blobs.back()) init_fail(500, "open file blob " + blob);
-    }
-    std::string merged = plan["merged"];
-    if (::chroot(merged.c_str()) != 0 || ::chdir("/") != 0) init_fail(500, "chroot into the root");
+    char c = 0;
+    if (::unshare(CLONE_NEWUSER) != 0) init_fail(500, "file injector: new user namespace");
+    if (::write(ready_wr.get(), "u", 1) != 1 || ::read(go_rd.get(), &c, 1) != 1 || c != 'g')
+      init_fail(500, "file injector: id maps");
+    if (become_namespace_root() != 0) init_fail(500, "file injector: become sandbox root");
+    if (::fchdir(root.get()) != 0 || ::chroot(".") != 0 || ::chdir("/") != 0)
+      init_fail(500, "chroot into the root");
     size_t i = 0;
     for (const auto& f : plan["files"]) {
       std::string path = f["path"];
@@ -411,6 +427,19 @@ int inject_files(const json& plan) {
     if (::chdir(cwd.c_str()) != 0) init_fail(400, "cannot change to cwd " + cwd);
     _exit(command_status(plan) == 0 ? 0 : 100 + command_status(plan) - 126);
   }
+  ready_wr.reset();
+  go_rd.reset();
+  char c = 0;
+  if (::read(ready_rd.get(), &c, 1) == 1 && c == 'u') {
+    try {
+      write_id_maps(pid, plan["root_uid"].get<uid_t>(), plan["uid_range"].get<uid_t>());
+      [[maybe_unused]] ssize_t w = ::write(go_wr.get(), "g", 1);
+    } catch (const std::exception& e) {
+      ::kill(pid, SIGKILL);
+      init_fail(500, std::string("file injector: ") + e.what());
+    }
+  }
+  go_wr.reset();
   int ws = 0;
   while (::waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
   }

@@ -44,6 +44,7 @@
 #include <thread>
 
 #include "common/base64.h"
+#include "common/beneath.h"
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/ids.h"
@@ -336,11 +337,7 @@ class ChangeWriter {
     auto slash = path.rfind('/');
     std::string parent = slash == std::string::npos ? "." : path.substr(0, slash);
     std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
-    open_how how{};
-    how.flags = O_DIRECTORY | O_RDONLY | O_CLOEXEC;
-    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
-    UniqueFd dir(
-        static_cast<int>(::syscall(SYS_openat2, root_.get(), parent.c_str(), &how, sizeof how)));
+    UniqueFd dir = try_open_beneath(root_.get(), parent, O_DIRECTORY | O_RDONLY);
     if (!dir) throw Error(502, "microvm: the guest's change has no parent directory: " + path);
     uid_t uid = h.value("uid", 0u), gid = h.value("gid", 0u);
     if (uid >= range_ || gid >= range_) throw Error(502, "microvm: owner out of range: " + path);

@@ -94,7 +94,7 @@ int mount_overlay(const MountPlan& plan, ChildMsg& err) noexcept {
     return fsconfig_fail(fsfd, err, "userxattr", nullptr);
   if (::fsconfig(fsfd, FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) != 0)
     return fsconfig_fail(fsfd, err, "create", nullptr);
-  int mfd = ::fsmount(fsfd, FSMOUNT_CLOEXEC, 0);
+  int mfd = ::fsmount(fsfd, FSMOUNT_CLOEXEC, plan.attrs);
   if (mfd < 0) return fsconfig_fail(fsfd, err, "fsmount", nullptr);
   ::close(fsfd);
   if (::move_mount(mfd, "", AT_FDCWD, plan.merged, MOVE_MOUNT_F_EMPTY_PATH) != 0) {
@@ -208,13 +208,31 @@ int inject_file(const InjectedFile& f, int* status, ChildMsg& err) noexcept {
     buf[i] = '/';
   }
   // No magic links (/proc/self/fd/N would reach the init's own pipes); symlinks of the image
-  // itself resolve inside the root we pivoted into.
+  // itself resolve inside the root we are in, except at the file's own name (O_NOFOLLOW).
+  // O_NONBLOCK: opening a fifo planted there must not hang the run.
   open_how how{};
-  how.flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC;
+  how.flags = O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
   how.mode = 0600;
   how.resolve = RESOLVE_NO_MAGICLINKS;
   int fd = static_cast<int>(::syscall(SYS_openat2, AT_FDCWD, f.path, &how, sizeof how));
-  if (fd < 0) return fail(err, "file injection: create", f.path, errno);
+  if (fd < 0 && errno == ELOOP) {
+    err.add("file injection: ").add(f.path).add(" is a symlink in the image");
+    return -1;
+  }
+  struct stat st;
+  // ENXIO: a fifo without a reader; EISDIR: a directory.
+  if (fd < 0 && errno != ENXIO && errno != EISDIR)
+    return fail(err, "file injection: create", f.path, errno);
+  if (fd < 0 || ::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fd >= 0) ::close(fd);
+    err.add("file injection: ").add(f.path).add(" exists in the image and is not a regular file");
+    return -1;
+  }
+  if (::ftruncate(fd, 0) != 0 || ::fcntl(fd, F_SETFL, 0) != 0) {
+    int e = errno;
+    ::close(fd);
+    return fail(err, "file injection: truncate", f.path, e);
+  }
   *status = 500;
   bool use_cfr = true, use_sendfile = true;
   off_t in_off = 0;

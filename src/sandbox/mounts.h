@@ -6,6 +6,7 @@
 // MountPlan, no allocation. The host side of a run directory is in run_dir.h.
 #pragma once
 
+#include <sys/mount.h>
 #include <sys/types.h>
 
 #include <string>
@@ -29,6 +30,12 @@ struct MountPlan {
   const char* upper = nullptr;
   const char* work = nullptr;
   const char* merged = nullptr;
+  // MOUNT_ATTR_* of the overlay mount. Image content is never a device and never setuid for
+  // the host: a mount made in the host's user namespace (gVisor's, the microVM image builder's)
+  // keeps both. The namespace runtime mounts inside the sandbox's user namespace, where setuid
+  // binaries of the image must work for the sandbox (and nodev is implied there anyway).
+  static constexpr unsigned kImageMountAttrs = MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
+  unsigned attrs = kImageMountAttrs;
 };
 
 // Child: mounts overlay(lowers, upper, work) with `userxattr` on `merged` through the new
@@ -49,9 +56,13 @@ int pivot_into_cwd(ChildMsg& err) noexcept;
 // Child, after pivot_root: creates /tmp (01777) when missing, setting kCreatedTmp.
 int ensure_tmp(int* created, ChildMsg& err) noexcept;
 
-// Child, after pivot_root (so paths and symlinks resolve inside the image): mkdir -p the
-// parents (0755, 0:0), create/truncate the file, copy the blob, chown and chmod it.
-// Returns 0, or -1 with *status = 400 (bad path) or 500 and `err` filled.
+// Child, after pivot_root or chroot (so paths and symlinks resolve inside the image), in the
+// sandbox's user namespace (so every write is made as sandbox root, never as host root):
+// mkdir -p the parents (0755, 0:0), create or open the file without following a symlink at
+// its name (O_NOFOLLOW; intermediate symlinks of the image resolve inside its root, magic
+// links never), check with fstat that it is a regular file, truncate it, copy the blob, chown
+// and chmod it. Returns 0, or -1 with *status = 400 (bad path, not a regular file) or 500 and
+// `err` filled.
 int inject_file(const InjectedFile& f, int* status, ChildMsg& err) noexcept;
 
 }  // namespace coppice::sandbox

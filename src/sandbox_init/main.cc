@@ -123,6 +123,9 @@ void decode(Plan& p) {
   p.mounts.upper = p.upper.c_str();
   p.mounts.work = p.work.c_str();
   p.mounts.merged = p.merged.c_str();
+  // Mounted inside the sandbox's user namespace: setuid binaries of the image work for the
+  // sandbox (as in any container); devices are off (and could not be used there anyway).
+  p.mounts.attrs = MOUNT_ATTR_NODEV;
 
   // The seccomp programs: u32 count of the first, u32 count of the second, the instructions.
   std::string s = read_all(kSeccompFd);

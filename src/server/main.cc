@@ -52,6 +52,8 @@ struct ServeOptions {
   std::string gvisor_platform = "ptrace";
   std::string microvm_accel = "auto";  // auto | kvm | tcg | off
   uint64_t microvm_cache_mb = 8192;    // image disks kept for the microVM runtime
+  uint64_t max_import_mb = 32768;      // expanded size of one import (decompression bombs)
+  uint64_t max_import_entries = 2000000;
 };
 
 int serve(const Paths& paths, const ServeOptions& o) {
@@ -134,6 +136,8 @@ int serve(const Paths& paths, const ServeOptions& o) {
   ec.limits.max_timeout_s = o.max_timeout_s;
   ec.min_free_bytes = o.min_free_mb << 20;
   ec.max_import_timeout_s = o.max_timeout_s;
+  ec.max_import_bytes = o.max_import_mb << 20;
+  ec.max_import_entries = o.max_import_entries;
   ec.registry.insecure = o.insecure_registries;
   for (const auto& m : o.registry_mirrors) {
     auto eq = m.find('=');
@@ -216,6 +220,14 @@ int main(int argc, char** argv) {
   serve_cmd
       ->add_option("--min-free-mb", so.min_free_mb,
                    "refuse to start runs when the data filesystem has less free space")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--max-import-mb", so.max_import_mb,
+                   "largest expanded size of one image import or archive (MiB; 0 = no cap)")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--max-import-entries", so.max_import_entries,
+                   "most files and directories one image import or archive may hold (0 = no cap)")
       ->capture_default_str();
   serve_cmd->add_option("--pids", so.pids, "default pids limit per sandbox")->capture_default_str();
   serve_cmd->add_option("--max-timeout", so.max_timeout_s, "largest timeout a run may ask for (s)")

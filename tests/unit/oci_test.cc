@@ -9,6 +9,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <cstdio>
+#include <cstring>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -151,6 +153,7 @@ struct TarEntry {
   int64_t uid = 0, gid = 0;
   mode_t perm = 0644;
   std::vector<std::pair<std::string, std::string>> xattrs{};
+  dev_t rdev = 0;  // devices
 };
 
 std::string make_tar(const std::vector<TarEntry>& entries, const std::string& filter = "") {
@@ -179,6 +182,7 @@ std::string make_tar(const std::vector<TarEntry>& entries, const std::string& fi
     if (!t.hardlink.empty()) archive_entry_set_hardlink(e, t.hardlink.c_str());
     for (const auto& [k, v] : t.xattrs)
       archive_entry_xattr_add_entry(e, k.c_str(), v.data(), v.size());
+    if (t.type == AE_IFCHR || t.type == AE_IFBLK) archive_entry_set_rdev(e, t.rdev);
     archive_entry_set_size(e, t.type == AE_IFREG && t.hardlink.empty() ? t.content.size() : 0);
     archive_write_header(a.get(), e);
     if (t.type == AE_IFREG && !t.content.empty())
@@ -198,18 +202,23 @@ class UnpackTest : public ::testing::Test {
   }
   void TearDown() override { remove_tree(root_); }
 
-  // Unpacks `tar` into a fresh directory `name`; returns it.
-  fs::path unpack(const std::string& name, const std::string& tar,
-                  const store::LayerView* lower = nullptr) {
+  // Unpacks `tar` into a fresh directory `name` with `opt`; returns what it reported.
+  UnpackStats unpack_with(const std::string& name, const std::string& tar,
+                          const UnpackOptions& opt) {
     fs::path dest = root_ / name;
     make_dirs(dest);
     fs::path file = root_ / (name + ".tar");
     write_file_atomic(file, tar, false);
     UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+    return unpack_layer(fd.get(), dest, opt);
+  }
+  // Unpacks `tar` into a fresh directory `name`; returns it.
+  fs::path unpack(const std::string& name, const std::string& tar,
+                  const store::LayerView* lower = nullptr) {
     UnpackOptions opt;
     opt.lower = lower;
-    unpack_layer(fd.get(), dest, opt);
-    return dest;
+    unpack_with(name, tar, opt);
+    return root_ / name;
   }
   int unpack_status(const std::string& name, const std::string& tar,
                     const store::LayerView* lower = nullptr) {
@@ -284,6 +293,97 @@ TEST_F(UnpackTest, HostileLayersAreRefusedAndWriteNothingOutside) {
   EXPECT_FALSE(fs::exists(root_ / "evil"));
 }
 
+// Issue #12 item 1: a device node in a layer would be a host device (the gVisor runtime mounts
+// image content in the host's namespaces). Only the 0:0 whiteout is kept.
+TEST_F(UnpackTest, DeviceNodesAreSkippedAndReported) {
+  UnpackStats st = unpack_with(
+      "l",
+      make_tar({{.name = "etc/", .type = AE_IFDIR, .perm = 0755},
+                {.name = "etc/app.conf", .type = AE_IFCHR, .perm = 0666, .rdev = makedev(1, 7)},
+                {.name = "disk", .type = AE_IFBLK, .perm = 0660, .rdev = makedev(8, 0)},
+                {.name = "gone", .type = AE_IFCHR, .perm = 0, .rdev = makedev(0, 0)},
+                {.name = "ok", .content = "fine"}}),
+      {});
+  fs::path d = root_ / "l";
+  struct stat sb;
+  EXPECT_NE(::lstat((d / "etc/app.conf").c_str(), &sb), 0);
+  EXPECT_NE(::lstat((d / "disk").c_str(), &sb), 0);
+  ASSERT_EQ(::lstat((d / "gone").c_str(), &sb), 0);
+  EXPECT_TRUE(S_ISCHR(sb.st_mode) && sb.st_rdev == makedev(0, 0));
+  EXPECT_EQ(sb.st_uid, 100000u);
+  EXPECT_EQ(read_file(d / "ok"), "fine");
+  EXPECT_EQ(st.skipped_count, 2u);
+  ASSERT_EQ(st.skipped.size(), 2u);
+  EXPECT_EQ(st.skipped[0], "/etc/app.conf (a character device)");
+  EXPECT_EQ(st.skipped[1], "/disk (a block device)");
+}
+
+// Issue #12 item 2 (reproduced on the old code, which cached "a" as checked before skipping
+// its .wh..wh.plnk entry, then created outside/x through the symlink a): every write is
+// resolved beneath the layer by the kernel, so the order of entries cannot matter.
+TEST_F(UnpackTest, SkippedEntryDoesNotVouchForALaterSymlink) {
+  fs::path outside = root_ / "outside";
+  make_dirs(outside);
+  EXPECT_EQ(unpack_status("a", make_tar({{.name = "a/.wh..wh.plnk"},
+                                         {.name = "a", .type = AE_IFLNK, .link = outside.string()},
+                                         {.name = "a/x/.wh.y"}})),
+            422);
+  EXPECT_EQ(unpack_status("b", make_tar({{.name = "a/sock", .type = AE_IFSOCK},
+                                         {.name = "a", .type = AE_IFLNK, .link = outside.string()},
+                                         {.name = "a/x/f", .content = "evil"}})),
+            422);
+  EXPECT_EQ(unpack_status("c", make_tar({{.name = "a/", .type = AE_IFDIR, .perm = 0755},
+                                         {.name = "a/f", .content = "1"},
+                                         {.name = "a", .type = AE_IFLNK, .link = outside.string()},
+                                         {.name = "a/.wh..wh..opq"}})),
+            422);
+  EXPECT_EQ(unpack_status("d", make_tar({{.name = "a/", .type = AE_IFDIR, .perm = 0755},
+                                         {.name = "a", .type = AE_IFLNK, .link = outside.string()},
+                                         {.name = "a/hard", .hardlink = "etc/passwd"}})),
+            422);
+  EXPECT_TRUE(fs::is_empty(outside));
+  char v[8];
+  EXPECT_LT(::lgetxattr(outside.c_str(), "user.overlay.opaque", v, sizeof v), 0);
+}
+
+TEST_F(UnpackTest, HardLinksStayInsideAndNeverReachWhiteouts) {
+  EXPECT_EQ(unpack_status("a", make_tar({{.name = ".wh.gone"}, {.name = "h", .hardlink = "gone"}})),
+            422);
+  EXPECT_EQ(unpack_status("b", make_tar({{.name = "d/", .type = AE_IFDIR, .perm = 0755},
+                                         {.name = "h", .hardlink = "d"}})),
+            422);
+  // A hard link to a symlink links the symlink itself.
+  fs::path d = unpack("c", make_tar({{.name = "s", .type = AE_IFLNK, .link = "/etc/passwd"},
+                                     {.name = "h", .hardlink = "s"}}));
+  EXPECT_EQ(fs::read_symlink(d / "h"), "/etc/passwd");
+}
+
+// Issue #12 item 5: caps on what a layer expands to, by apparent size and entry count.
+TEST_F(UnpackTest, DecompressionBombsHitTheCaps) {
+  UnpackOptions opt;
+  opt.max_bytes = 1000;
+  std::string big(4000, '\0');
+  EXPECT_EQ(
+      status_of([&] { unpack_with("a", make_tar({{.name = "z", .content = big}}, "gzip"), opt); }),
+      413);
+  // A header that claims a huge size (8 GiB, as a sparse file would) counts by that size, before
+  // any data is read: patch the first ustar header's size field and checksum.
+  std::string lying = make_tar({{.name = "z", .content = "x"}});
+  std::memcpy(&lying[124], "77777777777", 11);
+  std::memset(&lying[148], ' ', 8);
+  unsigned sum = 0;
+  for (int i = 0; i < 512; ++i) sum += static_cast<unsigned char>(lying[i]);
+  std::snprintf(&lying[148], 8, "%06o", sum);
+  EXPECT_EQ(status_of([&] { unpack_with("b", lying, opt); }), 413);
+  opt = {};
+  opt.max_entries = 10;
+  std::vector<TarEntry> many;
+  for (int i = 0; i < 20; ++i) many.push_back({.name = "f" + std::to_string(i), .content = "x"});
+  EXPECT_EQ(status_of([&] { unpack_with("c", make_tar(many), opt); }), 413);
+  opt.max_entries = 20;
+  EXPECT_EQ(unpack_with("d", make_tar(many), opt).entries, 20u);
+}
+
 TEST_F(UnpackTest, SymlinkPlantedByALowerLayerIsRefused) {
   fs::path l0 = unpack("l0", make_tar({{.name = "etc", .type = AE_IFLNK, .link = "/host/etc"}}));
   store::LayerView lower({l0}, 100000);
@@ -296,19 +396,26 @@ TEST_F(UnpackTest, SymlinkPlantedByALowerLayerIsRefused) {
 // A layer that changes a directory's contents without describing the directory itself keeps
 // the lower layer's attributes for it (found by the OCI integration tests: /data lost 0750).
 TEST_F(UnpackTest, ImplicitDirectoryKeepsLowerAttributes) {
-  fs::path l0 = unpack("l0", make_tar({{.name = "data/", .type = AE_IFDIR, .uid = 1000,
-                                        .gid = 1000, .perm = 0750},
-                                       {.name = "data/gone", .content = "g"}}));
+  fs::path l0 = unpack(
+      "l0", make_tar({{.name = "data/", .type = AE_IFDIR, .uid = 1000, .gid = 1000, .perm = 0750},
+                      {.name = "data/gone", .content = "g"}}));
   store::LayerView lower({l0}, 100000);
   fs::path l1 = root_ / "l1";
   make_dirs(l1);
   fs::path file = root_ / "l1.tar";
-  write_file_atomic(file, make_tar({{.name = "data/.wh.gone"}, {.name = "data/sub/new", .content = "n"}}),
-                    false);
+  write_file_atomic(
+      file, make_tar({{.name = "data/.wh.gone"}, {.name = "data/sub/new", .content = "n"}}), false);
   UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
   UnpackOptions opt;
   opt.lower = &lower;
-  unpack_layer(fd.get(), l1, opt);
+  // Issue #12 item 9: such a layer's content depends on the layers below, and says so (the
+  // importer then keys it by them too, so that another stack never reuses it).
+  EXPECT_TRUE(unpack_layer(fd.get(), l1, opt).depends_on_lower);
+  EXPECT_FALSE(unpack_with("l2",
+                           make_tar({{.name = "data/", .type = AE_IFDIR, .perm = 0750},
+                                     {.name = "data/x", .content = "x"}}),
+                           opt)
+                   .depends_on_lower);
   struct stat st;
   ASSERT_EQ(::lstat((l1 / "data").c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0750u);
