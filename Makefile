@@ -13,7 +13,7 @@ DEB_PACKAGES := build-essential cmake ninja-build pkg-config git \
   busybox-static python3 python3-pytest curl mmdebstrap \
   docker-registry umoci skopeo apache2-utils runc zstd libedit2 tmux nodejs runsc python3-pip qemu-system-x86 linux-image-cloud-amd64 e2fsprogs
 
-.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci bench-sdk bench-runtimes format clean
+.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci bench-sdk bench-runtimes soak format clean
 
 deps:
 	@./scripts/install-deps.sh $(DEB_PACKAGES)
@@ -63,6 +63,10 @@ bench-sdk: build
 
 bench-runtimes: build
 	/usr/bin/python3 bench/runtime_bench.py $(BUILD)
+
+# 10,000 runs at concurrency 64, kill -9 of the server half-way, restart: nothing lost or left.
+soak: build
+	/usr/bin/python3 bench/soak.py $(BUILD) --runs 10000 --concurrency 64 --kill-at 5000
 
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')
