@@ -18,6 +18,7 @@
 
 #include "api/http_server.h"
 #include "common/error.h"
+#include "common/fsutil.h"
 #include "common/ids.h"
 #include "common/sha256.h"
 #include "engine/base_images.h"
@@ -56,6 +57,27 @@ struct ServeOptions {
   uint64_t max_import_entries = 2000000;
 };
 
+// Every queued operation holds an eventfd, every live sandbox about eight descriptors and every
+// connection a socket: take as many as the host allows. Root may raise the hard limit up to
+// fs.nr_open (a million by default; the inherited limit was 20,000 on the dev machines, which
+// ran out at about 1,000 live sandboxes).
+void raise_fd_limit() {
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) != 0) return;
+  rlim_t want = nofile.rlim_max;
+  try {
+    want = std::max<rlim_t>(want, std::stoull(read_file("/proc/sys/fs/nr_open")));
+  } catch (const std::exception&) {
+  }
+  rlimit raised{want, want};
+  if (setrlimit(RLIMIT_NOFILE, &raised) != 0) {  // not root: the soft limit up to the hard one
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  getrlimit(RLIMIT_NOFILE, &nofile);
+  spdlog::info("file descriptor limit: {}", nofile.rlim_cur);
+}
+
 int serve(const Paths& paths, const ServeOptions& o) {
   spdlog::set_level(spdlog::level::from_str(o.log_level));
   // SIGTERM/SIGINT are taken by a dedicated thread; every other thread blocks them.
@@ -65,12 +87,7 @@ int serve(const Paths& paths, const ServeOptions& o) {
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
-  // Every queued operation holds an eventfd and every connection a socket: use the hard limit.
-  rlimit nofile;
-  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-    nofile.rlim_cur = nofile.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &nofile);
-  }
+  raise_fd_limit();
 
   store::LayerStore layers(paths.data_dir, o.durable);
   auto meta = store::open_sqlite_store(layers.db_path(), o.durable);
