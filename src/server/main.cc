@@ -40,18 +40,21 @@ struct Paths {
   std::string subid_dir = "/etc";            // where subuid and subgid are (tests change it)
 };
 
-// A data directory opened for a command: its layers, its database and its sandbox id range
-// (checked against the subordinate id files), with access restricted (LayerStore).
+// A data directory opened for a command: its layers, its database and, for commands that make
+// layers or run sandboxes (`with_ids`), its sandbox id range (checked against the subordinate
+// id files), with access restricted (LayerStore). Token commands work without the range, so
+// that a token can be revoked while the server refuses to start.
 struct OpenStore {
   std::unique_ptr<store::LayerStore> layers;
   std::unique_ptr<store::MetaStore> meta;
   store::IdRange ids;
 };
 
-OpenStore open_store(const Paths& paths, bool durable) {
+OpenStore open_store(const Paths& paths, bool durable, bool with_ids = true) {
   OpenStore s;
   s.layers = std::make_unique<store::LayerStore>(paths.data_dir, durable);
   s.meta = store::open_sqlite_store(s.layers->db_path(), durable);
+  if (!with_ids) return s;
   s.ids =
       store::store_id_range(*s.meta, *s.layers, paths.uid_base, paths.uid_range, paths.subid_dir);
   s.layers->restrict_access(s.ids.base);
@@ -418,12 +421,15 @@ int main(int argc, char** argv) {
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %l %v");
   try {
     if (*serve_cmd) return serve(paths, so);
+    if (*token_cmd) {
+      OpenStore st = open_store(paths, true, false);
+      if (*token_create) return token_create_cmd(*st.meta, project, ttl, expires);
+      if (*token_list) return token_list_cmd(*st.meta, json_out);
+      return token_revoke_cmd(*st.meta, token_id);
+    }
     OpenStore st = open_store(paths, true);
     store::LayerStore& layers = *st.layers;
     store::MetaStore* meta = st.meta.get();
-    if (*token_create) return token_create_cmd(*meta, project, ttl, expires);
-    if (*token_list) return token_list_cmd(*meta, json_out);
-    if (*token_revoke) return token_revoke_cmd(*meta, token_id);
     if (private_image) store::validate_project_name(project);
     engine::BaseImageOptions opt;
     opt.project = private_image ? project : store::kPublicProject;

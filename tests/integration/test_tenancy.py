@@ -165,6 +165,10 @@ def test_a_base_delegated_in_subuid_or_subgid_refuses_to_start(coppiced_bin, scr
     # a new data dir takes the default base: bob's subgid range overlaps it
     err = serve_fails(coppiced_bin, scratch / "d1", "--subid-dir", str(etc))
     assert "'bob'" in err and "subgid" in err and "--uid-base" in err, err
+    # tokens can still be managed (e.g. revoked) while the server refuses to start
+    r = subprocess.run([coppiced_bin, "token", "list", "--data-dir", str(scratch / "d1"),
+                        "--subid-dir", str(etc)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     # the old fixed base is alice's
     err = serve_fails(coppiced_bin, scratch / "d2", "--subid-dir", str(etc), "--uid-base",
                       "100000")
