@@ -6,7 +6,7 @@
 #   * podman (runc, cgroupfs, --network none, host ulimits): run --rm /bin/true; run + commit + rm for a small
 #     change, for a 30 MB / 1,000-file change, and 8 such branches in parallel.
 # The rootfs is exported from DATA/layers/<id>/ (the busybox base layer, ownership shifted back
-# by -100000) when --data-dir is given, else built from /bin/busybox the way the server does.
+# by the store's uid base) when --data-dir is given, else built from /bin/busybox the way the server does.
 # Prints p50/p99 per scenario and `RESULT key value` lines (bench/run.sh reads them).
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -20,7 +20,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$QUICK" = 1 ]; then N_FAST=50; N_POD=8; N_POD_BIG=3; REPS=3; else N_FAST=200; N_POD=20; N_POD_BIG=8; REPS=5; fi
-UID_SHIFT=100000
+UID_SHIFT=100000  # the data directory's recorded base replaces it below
+if [ -n "$DATA" ] && [ -r "$DATA/coppice.db" ]; then
+  UID_SHIFT=$(python3 -c 'import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(
+    "SELECT value FROM settings WHERE key=?", ("sandbox_ids",)).fetchone()[0].split(":")[0])' \
+    "$DATA/coppice.db" 2>/dev/null || echo 100000)
+fi
 
 WORK=$(mktemp -d /var/tmp/coppice-peers-XXXXXX)
 chmod 755 "$WORK"

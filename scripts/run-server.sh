@@ -4,7 +4,6 @@
 set -euo pipefail
 bin=$1 data=$2 listen=$3
 mkdir -p "$data"
-chmod 0711 "$data"
 if [ ! -e "$data/.bootstrapped" ]; then
   "$bin" image bootstrap busybox --data-dir "$data" >/dev/null
   touch "$data/.bootstrapped"

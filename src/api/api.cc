@@ -55,16 +55,37 @@ std::pair<std::string, std::string> Api::authenticate(const http::request_header
   std::string token = auth.substr(7);
   while (!token.empty() && token.front() == ' ') token.erase(0, 1);
   std::string hash = sha256_hex(token);
+  const int64_t now = now_us();
+  auto expired = [&](const std::optional<int64_t>& expires_us) {
+    return expires_us && now >= *expires_us;
+  };
   {
     std::lock_guard lk(token_mu_);
     auto it = token_cache_.find(hash);
-    if (it != token_cache_.end()) return it->second;
+    if (it != token_cache_.end() && now - it->second.checked_us < cfg_.token_cache_ms * 1000 &&
+        now >= it->second.checked_us && !expired(it->second.expires_us))
+      return {it->second.uuid, it->second.project};
+    if (it != token_cache_.end()) token_cache_.erase(it);
   }
   auto rec = engine_.meta().find_token(hash);
   if (!rec) throw Error(401, "invalid token");
+  if (expired(rec->expires_us))
+    throw Error(401, fmt::format("token expired at {}", format_rfc3339(*rec->expires_us)));
+  // A token of the public namespace would make its images public (older servers accepted
+  // `token create --project ""`).
+  if (rec->project == store::kPublicProject)
+    throw Error(401, "this token belongs to no project: revoke it and create one with --project");
+  // Last use is kept to about a minute, so that a busy token costs one write a minute.
+  if (!rec->last_used_us || now - *rec->last_used_us > 60'000'000) {
+    try {
+      engine_.meta().touch_token(rec->uuid, now);
+    } catch (const std::exception& e) {
+      spdlog::debug("token {}: recording its use: {}", rec->uuid, e.what());
+    }
+  }
   std::lock_guard lk(token_mu_);
   if (token_cache_.size() > 10000) token_cache_.clear();
-  token_cache_[hash] = {rec->uuid, rec->project};
+  token_cache_[hash] = CachedToken{rec->uuid, rec->project, rec->expires_us, now};
   return {rec->uuid, rec->project};
 }
 
@@ -81,6 +102,12 @@ void Api::route(Exchange& ex) {
   throw not_found("no such endpoint");
 }
 
+json Api::token_expiration(const std::string& token_uuid) {
+  auto t = engine_.meta().get_token(token_uuid);
+  if (!t || !t->expires_us) return nullptr;
+  return *t->expires_us / 1000000;  // Unix seconds (contract §2.1)
+}
+
 void Api::whoami(Exchange& ex) {
   if (ex.method() != http::verb::get) throw Error(405, "method not allowed");
   json perms = {{"spawn", true},  {"spawn_disposable", true}, {"list", true},
@@ -88,7 +115,7 @@ void Api::whoami(Exchange& ex) {
   const auto& cfg = engine_.config();
   ex.reply_json(
       200, {{"token_uuid", ex.token_uuid},
-            {"token_expiration", nullptr},
+            {"token_expiration", token_expiration(ex.token_uuid)},
             {"permissions", perms},
             {"limits",
              {{"instance_max_timeout", cfg.limits.max_timeout_s},

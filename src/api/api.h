@@ -4,6 +4,7 @@
 
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 
@@ -16,6 +17,10 @@ struct ApiConfig {
   uint64_t max_json_body = 16 << 20;  // bytes
   uint64_t max_upload = 1ull << 30;   // bytes per POST /v1/files
   int sse_keepalive_s = 15;
+  // How long a token checked against the database is trusted without checking again: a
+  // token revoked or deleted by `coppiced token revoke` (another process) stops working
+  // within this bound. Expiry is checked on every request.
+  int64_t token_cache_ms = 2000;
   std::vector<std::string> runtimes{"namespace"};
   // Facts per runtime for whoami's `runtime_details` (e.g. the microVM's accelerator).
   std::function<nlohmann::json()> runtime_details;
@@ -29,8 +34,9 @@ class Api {
   void handle(Exchange& ex);
   // True when a request (method + path) is an upload whose body should go to a file.
   static bool is_upload(http::verb method, std::string_view target);
-  // (token uuid, project) of a request's bearer token; throws a 401 Error. Used before a
-  // request body is read, so that nothing is accepted from unauthenticated clients.
+  // (token uuid, project) of a request's bearer token; throws a 401 Error (unknown, revoked,
+  // expired, or of the public namespace). Used before a request body is read, so that nothing
+  // is accepted from unauthenticated clients.
   std::pair<std::string, std::string> authenticate(const http::request_header<>& header);
   const ApiConfig& config() const { return cfg_; }
 
@@ -40,6 +46,8 @@ class Api {
 
   // Endpoint groups, one file each.
   void whoami(Exchange& ex);
+  // whoami's `token_expiration`: Unix seconds, or null when the token never expires.
+  nlohmann::json token_expiration(const std::string& token_uuid);
   void images(Exchange& ex);      // api/images_routes.cc
   void files(Exchange& ex);       // api/files_routes.cc
   void instances(Exchange& ex);   // api/operations_routes.cc
@@ -49,8 +57,15 @@ class Api {
 
   ApiConfig cfg_;
   engine::Engine& engine_;
+  // Tokens recently found in the database, by secret hash. An entry is used for
+  // cfg_.token_cache_ms after its check, never past its token's expiry.
+  struct CachedToken {
+    std::string uuid, project;
+    std::optional<int64_t> expires_us;
+    int64_t checked_us = 0;
+  };
   std::mutex token_mu_;
-  std::unordered_map<std::string, std::pair<std::string, std::string>> token_cache_;
+  std::unordered_map<std::string, CachedToken> token_cache_;
 };
 
 // Shared helpers for the route files.

@@ -43,13 +43,7 @@ void Api::files(Exchange& ex) {
     if (ex.upload_path.empty()) throw internal("upload was not streamed to a file");
     int64_t size = 0;
     std::string sha = hash_file(ex.upload_path, size);
-    auto dst = layers.file_path(sha);
-    if (::access(dst.c_str(), F_OK) == 0) {
-      ::unlink(ex.upload_path.c_str());
-    } else {
-      ::chmod(ex.upload_path.c_str(), 0644);
-      if (::rename(ex.upload_path.c_str(), dst.c_str()) != 0) throw sys_error("store upload");
-    }
+    layers.commit_file(ex.upload_path, sha);
     auto rec = meta.upsert_file(ex.project, sha, size);
     return ex.reply_json(201, {{"uuid", rec.uuid}, {"sha256", rec.sha256}, {"size", rec.size}});
   }

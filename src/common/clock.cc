@@ -97,41 +97,43 @@ std::optional<int64_t> parse_rfc3339(std::string_view s) {
   return (static_cast<int64_t>(t) - offset_s) * 1000000 + frac_us;
 }
 
-int64_t parse_time_filter(std::string_view s, int64_t now) {
-  if (s.empty()) throw bad_request("empty time filter");
-  if (auto t = parse_rfc3339(s)) return *t;
+std::optional<int64_t> parse_duration_s(std::string_view s) {
   size_t i = 0;
   int64_t n = 0;
   while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
     n = n * 10 + (s[i] - '0');
-    if (n > 100000000000LL) throw bad_request(fmt::format("time filter out of range: {}", s));
+    if (n > 100000000000LL) return std::nullopt;
     ++i;
   }
-  if (i == 0) throw bad_request(fmt::format("invalid time filter: {}", s));
-  int64_t unit = 1;
-  if (i < s.size()) {
-    if (i + 1 != s.size()) throw bad_request(fmt::format("invalid time filter: {}", s));
-    switch (s[i]) {
-      case 's':
-        unit = 1;
-        break;
-      case 'm':
-        unit = 60;
-        break;
-      case 'h':
-        unit = 3600;
-        break;
-      case 'd':
-        unit = 86400;
-        break;
-      case 'w':
-        unit = 7 * 86400;
-        break;
-      default:
-        throw bad_request(fmt::format("invalid time filter unit in {}", s));
-    }
+  if (i == 0) return std::nullopt;
+  if (i == s.size()) return n;
+  if (i + 1 != s.size()) return std::nullopt;
+  switch (s[i]) {
+    case 's':
+      return n;
+    case 'm':
+      return n * 60;
+    case 'h':
+      return n * 3600;
+    case 'd':
+      return n * 86400;
+    case 'w':
+      return n * 7 * 86400;
+    default:
+      return std::nullopt;
   }
-  return now - n * unit * 1000000;
+}
+
+int64_t parse_time_filter(std::string_view s, int64_t now) {
+  if (s.empty()) throw bad_request("empty time filter");
+  if (auto t = parse_rfc3339(s)) return *t;
+  auto d = parse_duration_s(s);
+  if (!d)
+    throw bad_request(
+        fmt::format("invalid time filter: {} (want an ISO date-time, or "
+                    "seconds with an optional s/m/h/d/w unit)",
+                    s));
+  return now - *d * 1000000;
 }
 
 }  // namespace coppice

@@ -14,6 +14,7 @@
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/ids.h"
+#include "engine/redact.h"
 #include "oci/exporter.h"
 #include "oci/importer.h"
 #include "store/layer_view.h"
@@ -139,18 +140,6 @@ class EventObserver final : public sandbox::RunObserver {
   void on_spawn(int pid) override {
     pid_ = pid;
     auto argv = req_.argv();
-    json env = json::object();
-    for (const auto& [k, v] : req_.env) {
-      if (!v) continue;
-      std::string lk = k;
-      for (auto& c : lk) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      bool secret = false;
-      for (const char* s :
-           {"token", "secret", "password", "api_key", "credentials", "authorization"})
-        if (lk.size() >= strlen(s) && lk.compare(lk.size() - strlen(s), strlen(s), s) == 0)
-          secret = true;
-      env[k] = secret ? "<REDACTED>" : *v;
-    }
     op_.set_status("EXECUTING");
     op_.append(1, "spawn",
                {{"pid", pid},
@@ -162,7 +151,7 @@ class EventObserver final : public sandbox::RunObserver {
                 {"gid", req_.gid},
                 {"timeout", req_.timeout_s},
                 {"truncate_at", req_.truncate_output_at},
-                {"env", env}});
+                {"env", redacted_env(req_.env, true)}});
   }
   void on_output(sandbox::Stream s, std::string_view chunk) override {
     std::string& buf = s == sandbox::Stream::kStdout ? out_ : err_;
@@ -423,6 +412,7 @@ void Engine::run_import(const std::shared_ptr<LiveOperation>& op, const ImportRe
   opt.tag = req.tag;
   opt.platform = req.platform;
   opt.uid_shift = cfg_.uid_shift;
+  opt.uid_range = cfg_.uid_range;
   opt.min_free_bytes = cfg_.min_free_bytes;
   opt.max_bytes = cfg_.max_import_bytes;
   opt.max_entries = cfg_.max_import_entries;

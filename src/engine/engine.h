@@ -35,7 +35,8 @@ struct EngineConfig {
   size_t max_queue = 10000;   // PENDING operations accepted before 429
   size_t flatten_depth = 64;  // an image whose lower stack is deeper gets a flat copy
   size_t max_lowers = 400;    // never mount more lowers than this (overlayfs limit is 500)
-  uid_t uid_shift = 100000;   // host uid of sandbox root
+  uid_t uid_shift = 100000;   // host uid of sandbox root (the store's, store/id_range.h)
+  uid_t uid_range = 65536;    // sandbox ids 0..uid_range-1
   uint64_t min_free_bytes = 512ull << 20;  // runs are refused below this much free data space
   SpawnLimits limits;
   oci::RegistryConfig registry;         // insecure registries, mirrors, retries

@@ -4,6 +4,7 @@
 
 #include "common/base64.h"
 #include "common/error.h"
+#include "engine/redact.h"
 
 namespace coppice::engine {
 namespace {
@@ -116,8 +117,6 @@ json SpawnRequest::limits_json() const {
 }
 
 json SpawnRequest::to_json() const {
-  json env_j = json::object();
-  for (const auto& [k, v] : env) env_j[k] = v ? json(*v) : json(nullptr);
   json files_j = json::object();
   for (const auto& [p, f] : files)
     files_j[p] = {
@@ -127,7 +126,7 @@ json SpawnRequest::to_json() const {
       {"image", image},
       {"args", args},
       {"shell", shell},
-      {"env", env_j},
+      {"env", redacted_env(env)},
       {"preserve_env", preserve_env},
       {"cwd", cwd},
       {"uid", uid},

@@ -55,7 +55,8 @@ struct SpawnRequest {
 
   // argv as the sandbox runs it ({"/bin/sh","-c",command} for shell=true).
   std::vector<std::string> argv() const;
-  // The request echoed with every field and defaults filled (the operation's metadata).
+  // The request echoed with every field and defaults filled (the operation's metadata),
+  // secret env values masked (engine/redact.h).
   nlohmann::json to_json() const;
   nlohmann::json limits_json() const;
 };

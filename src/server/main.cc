@@ -1,7 +1,9 @@
 // coppiced: the Coppice server and its admin commands.
 //
-//   coppiced serve [--listen 127.0.0.1:8080] [--data-dir DIR]
-//   coppiced token create --project P [--data-dir DIR]
+//   coppiced serve [--listen 127.0.0.1:8080] [--data-dir DIR] [--uid-base N --uid-range N]
+//   coppiced token create --project P [--ttl 30d | --expires TIME] [--data-dir DIR]
+//   coppiced token list [--json] [--data-dir DIR]
+//   coppiced token revoke ID [--data-dir DIR]
 //   coppiced image bootstrap busybox|debian [--tag T] [--data-dir DIR]
 //   coppiced image import-rootfs DIR|TAR --tag T [--data-dir DIR]
 //   coppiced image import-archive OCI-DIR|OCI-TAR|DOCKER-SAVE-TAR --tag T [--data-dir DIR]
@@ -17,6 +19,7 @@
 #include <thread>
 
 #include "api/http_server.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/ids.h"
@@ -25,6 +28,8 @@
 #include "engine/engine.h"
 #include "oci/importer.h"
 #include "sandbox/runtime.h"
+#include "store/id_range.h"
+#include "store/project_name.h"
 
 using namespace coppice;
 
@@ -32,7 +37,30 @@ namespace {
 
 struct Paths {
   std::string data_dir = "/var/lib/coppice";
+  std::optional<uid_t> uid_base, uid_range;  // wanted sandbox id range (store/id_range.h)
+  std::string subid_dir = "/etc";            // where subuid and subgid are (tests change it)
 };
+
+// A data directory opened for a command: its layers, its database and, for commands that make
+// layers or run sandboxes (`with_ids`), its sandbox id range (checked against the subordinate
+// id files), with access restricted (LayerStore). Token commands work without the range, so
+// that a token can be revoked while the server refuses to start.
+struct OpenStore {
+  std::unique_ptr<store::LayerStore> layers;
+  std::unique_ptr<store::MetaStore> meta;
+  store::IdRange ids;
+};
+
+OpenStore open_store(const Paths& paths, bool durable, bool with_ids = true) {
+  OpenStore s;
+  s.layers = std::make_unique<store::LayerStore>(paths.data_dir, durable);
+  s.meta = store::open_sqlite_store(s.layers->db_path(), durable);
+  if (!with_ids) return s;
+  s.ids =
+      store::store_id_range(*s.meta, *s.layers, paths.uid_base, paths.uid_range, paths.subid_dir);
+  s.layers->restrict_access(s.ids.base);
+  return s;
+}
 
 struct ServeOptions {
   std::string listen = "127.0.0.1:8080";
@@ -89,9 +117,13 @@ int serve(const Paths& paths, const ServeOptions& o) {
   std::signal(SIGPIPE, SIG_IGN);
   raise_fd_limit();
 
-  store::LayerStore layers(paths.data_dir, o.durable);
-  auto meta = store::open_sqlite_store(layers.db_path(), o.durable);
+  OpenStore st = open_store(paths, o.durable);
+  store::LayerStore& layers = *st.layers;
+  store::MetaStore* meta = st.meta.get();
+  spdlog::info("sandbox ids: host {}-{}", st.ids.base, st.ids.last());
   sandbox::NamespaceConfig ns;
+  ns.uid_base = st.ids.base;
+  ns.uid_range = st.ids.size;
   // One cgroup subtree per data directory, so that two servers on one host (tests, staging)
   // never clean up each other's sandboxes during startup recovery.
   ns.cgroup_name = "coppice-" + sha256_hex(layers.root().string()).substr(0, 12);
@@ -150,6 +182,7 @@ int serve(const Paths& paths, const ServeOptions& o) {
   ec.workers = o.workers;
   ec.flatten_depth = o.flatten_depth;
   ec.uid_shift = ns.uid_base;
+  ec.uid_range = ns.uid_range;
   ec.limits.max_timeout_s = o.max_timeout_s;
   ec.min_free_bytes = o.min_free_mb << 20;
   ec.max_import_timeout_s = o.max_timeout_s;
@@ -196,6 +229,80 @@ int serve(const Paths& paths, const ServeOptions& o) {
   return 0;
 }
 
+// `token create`: prints the secret on stdout (only its SHA-256 is stored), its id on stderr.
+int token_create_cmd(store::MetaStore& meta, const std::string& project, const std::string& ttl,
+                     const std::string& expires) {
+  store::validate_project_name(project);
+  std::optional<int64_t> expires_us;
+  const int64_t now = now_us();
+  if (!ttl.empty()) {
+    auto s = parse_duration_s(ttl);
+    if (!s || *s <= 0)
+      throw bad_request(
+          fmt::format("--ttl {}: want seconds or a number with s, m, h, d or w "
+                      "(e.g. 3600, 12h, 90d)",
+                      ttl));
+    expires_us = now + *s * 1000000;
+  } else if (!expires.empty()) {
+    expires_us = parse_rfc3339(expires);
+    if (!expires_us)
+      throw bad_request("--expires wants an RFC 3339 time, e.g. 2030-01-01T00:00:00Z");
+    if (*expires_us <= now) throw bad_request("--expires " + expires + " is in the past");
+  }
+  std::string secret = "cpc_" + random_hex(24);
+  auto rec = meta.create_token(project, sha256_hex(secret), expires_us);
+  std::cerr << "token " << rec.uuid << " for project " << project;
+  if (expires_us) std::cerr << ", expires " << format_rfc3339(*expires_us);
+  std::cerr << ":\n";
+  std::cout << secret << std::endl;
+  return 0;
+}
+
+int token_list_cmd(store::MetaStore& meta, bool as_json) {
+  const int64_t now = now_us();
+  auto time_or = [](const std::optional<int64_t>& t, const char* none) {
+    return t ? format_rfc3339(*t) : std::string(none);
+  };
+  auto tokens = meta.list_tokens();
+  if (as_json) {
+    nlohmann::json arr = nlohmann::json::array();
+    for (const auto& t : tokens)
+      arr.push_back(
+          {{"id", t.uuid},
+           {"project", t.project},
+           {"created_at", format_rfc3339(t.created_us)},
+           {"expires_at", t.expires_us ? nlohmann::json(format_rfc3339(*t.expires_us)) : nullptr},
+           {"expired", t.expires_us && *t.expires_us <= now},
+           {"last_used_at",
+            t.last_used_us ? nlohmann::json(format_rfc3339(*t.last_used_us)) : nullptr}});
+    std::cout << arr.dump(2) << std::endl;
+    return 0;
+  }
+  std::cout << fmt::format("{:<36}  {:<20}  {:<27}  {:<37}  {}\n", "ID", "PROJECT", "CREATED",
+                           "EXPIRES", "LAST USED");
+  for (const auto& t : tokens) {
+    std::string exp = time_or(t.expires_us, "never");
+    if (t.expires_us && *t.expires_us <= now) exp += " (expired)";
+    std::cout << fmt::format("{:<36}  {:<20}  {:<27}  {:<37}  {}\n", t.uuid,
+                             t.project.empty() ? "(none: revoke it)" : t.project,
+                             format_rfc3339(t.created_us), exp, time_or(t.last_used_us, "never"));
+  }
+  return 0;
+}
+
+int token_revoke_cmd(store::MetaStore& meta, const std::string& id) {
+  std::vector<std::string> matches;
+  for (const auto& t : meta.list_tokens())
+    if (t.uuid == id || (id.size() >= 4 && t.uuid.rfind(id, 0) == 0)) matches.push_back(t.uuid);
+  if (matches.empty()) throw not_found("no token with id " + id + " (see `coppiced token list`)");
+  if (matches.size() > 1)
+    throw bad_request(
+        fmt::format("{} tokens start with {}: give more of the id", matches.size(), id));
+  if (!meta.revoke_token(matches[0])) throw not_found("token " + matches[0] + " is already gone");
+  std::cerr << "revoked token " << matches[0] << " (a running server refuses it within 2 s)\n";
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -210,11 +317,24 @@ int main(int argc, char** argv) {
   auto add_data_dir = [&](CLI::App* c) {
     c->add_option("--data-dir", paths.data_dir, "data directory (store, database, files)")
         ->capture_default_str();
+    // Where subuid and subgid are read from; for tests only, hence hidden.
+    c->add_option("--subid-dir", paths.subid_dir)->group("");
+  };
+  // Commands that may create a data directory (and so choose its sandbox id range).
+  auto add_id_range = [&](CLI::App* c) {
+    c->add_option("--uid-base", paths.uid_base,
+                  fmt::format("host uid and gid of sandbox root, for a new data directory "
+                              "(default {}; fixed once it has images; must overlap no "
+                              "/etc/subuid or /etc/subgid range)",
+                              store::kDefaultUidBase));
+    c->add_option("--uid-range", paths.uid_range,
+                  fmt::format("sandbox ids per run (default {})", store::kDefaultUidRange));
   };
 
   ServeOptions so;
   auto* serve_cmd = app.add_subcommand("serve", "run the HTTP API server");
   add_data_dir(serve_cmd);
+  add_id_range(serve_cmd);
   serve_cmd->add_option("--listen", so.listen, "address:port to listen on")->capture_default_str();
   serve_cmd->add_option("--workers", so.workers, "sandboxes running at once")
       ->capture_default_str();
@@ -275,11 +395,24 @@ int main(int argc, char** argv) {
 
   auto* token_cmd = app.add_subcommand("token", "manage API tokens");
   token_cmd->require_subcommand(1);
-  std::string project = "default";
+  std::string project = "default", ttl, expires, token_id;
+  bool json_out = false;
   auto* token_create = token_cmd->add_subcommand("create", "create a token and print it");
   add_data_dir(token_create);
   token_create->add_option("--project", project, "the tenant the token belongs to")
       ->capture_default_str();
+  auto* ttl_opt = token_create->add_option(
+      "--ttl", ttl, "lifetime: seconds or a number with s, m, h, d or w (e.g. 90d)");
+  token_create->add_option("--expires", expires, "expiry time (RFC 3339)")->excludes(ttl_opt);
+  auto* token_list = token_cmd->add_subcommand("list", "list tokens (never their secrets)");
+  add_data_dir(token_list);
+  token_list->add_flag("--json", json_out, "one JSON array instead of a table");
+  auto* token_revoke =
+      token_cmd->add_subcommand("revoke", "delete a token (the server refuses it within 2 s)");
+  add_data_dir(token_revoke);
+  token_revoke
+      ->add_option("id", token_id, "token id (as `token list` shows it, or a unique prefix)")
+      ->required();
 
   auto* image_cmd = app.add_subcommand("image", "manage base images");
   image_cmd->require_subcommand(1);
@@ -306,6 +439,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   add_data_dir(import_archive);
   for (auto* c : {bootstrap, import_rootfs, import_archive}) {
+    add_id_range(c);
     c->add_option("--project", project, "owner project (with --private)");
     c->add_flag("--private", private_image, "visible to --project only instead of every project");
   }
@@ -316,18 +450,20 @@ int main(int argc, char** argv) {
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %l %v");
   try {
     if (*serve_cmd) return serve(paths, so);
-    store::LayerStore layers(paths.data_dir, true);
-    auto meta = store::open_sqlite_store(layers.db_path());
-    if (*token_create) {
-      std::string secret = "cpc_" + random_hex(24);
-      auto rec = meta->create_token(project, sha256_hex(secret));
-      std::cerr << "token " << rec.uuid << " for project " << project << ":\n";
-      std::cout << secret << std::endl;
-      return 0;
+    if (*token_cmd) {
+      OpenStore st = open_store(paths, true, false);
+      if (*token_create) return token_create_cmd(*st.meta, project, ttl, expires);
+      if (*token_list) return token_list_cmd(*st.meta, json_out);
+      return token_revoke_cmd(*st.meta, token_id);
     }
+    OpenStore st = open_store(paths, true);
+    store::LayerStore& layers = *st.layers;
+    store::MetaStore* meta = st.meta.get();
+    if (private_image) store::validate_project_name(project);
     engine::BaseImageOptions opt;
     opt.project = private_image ? project : store::kPublicProject;
     opt.tag = tag;
+    opt.uid_shift = st.ids.base;
     store::ImageRecord img;
     if (*bootstrap) {
       if (opt.tag.empty()) opt.tag = kind == "busybox" ? "busybox:latest" : "debian:bookworm";
@@ -342,6 +478,8 @@ int main(int argc, char** argv) {
         io.project = opt.project;
         if (!tag.empty()) io.tag = tag;
         io.platform = oci::parse_platform(platform);
+        io.uid_shift = st.ids.base;
+        io.uid_range = st.ids.size;
         img = oci::import_image(*src, *meta, layers, io, nullptr, nullptr).image;
       } catch (...) {
         std::filesystem::remove_all(scratch);

@@ -15,13 +15,11 @@
 namespace coppice::store {
 
 LayerStore::LayerStore(fs::path root, bool durable) : root_(std::move(root)), durable_(durable) {
-  make_dirs(root_, 0711);
+  make_dirs(root_, 0700);
   root_ = fs::absolute(root_);
-  // Sandboxes mount layers as an unprivileged uid: every directory above a layer must be
-  // searchable by others.
+  // Sandboxes mount layers as an unprivileged uid: every directory above DATA must be
+  // searchable by others (DATA itself is opened to the sandbox group by restrict_access).
   struct stat st;
-  if (::stat(root_.c_str(), &st) == 0 && !(st.st_mode & S_IXOTH))
-    ::chmod(root_.c_str(), (st.st_mode & 07777) | 0011);
   for (fs::path p = root_.parent_path(); !p.empty(); p = p.parent_path()) {
     if (::stat(p.c_str(), &st) == 0 && !(st.st_mode & S_IXOTH))
       throw internal(
@@ -30,7 +28,20 @@ LayerStore::LayerStore(fs::path root, bool durable) : root_(std::move(root)), du
                       root_.string(), p.string()));
     if (p == p.parent_path()) break;
   }
-  for (const char* sub : {"layers", "runs", "files", "tmp"}) make_dirs(root_ / sub, 0711);
+  for (const char* sub : {"layers", "runs", "files", "tmp"}) make_dirs(root_ / sub, 0700);
+}
+
+void LayerStore::restrict_access(gid_t sandbox_gid) {
+  auto set = [&](const fs::path& p, gid_t gid, mode_t mode) {
+    UniqueFd fd(::open(p.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd || ::fchown(fd.get(), 0, gid) != 0 || ::fchmod(fd.get(), mode) != 0)
+      throw sys_error("restrict access to " + p.string());
+  };
+  set(root_, sandbox_gid, 0710);
+  set(root_ / "layers", sandbox_gid, 0710);
+  set(root_ / "runs", sandbox_gid, 0710);
+  set(root_ / "files", 0, 0700);
+  set(root_ / "tmp", 0, 0700);
 }
 
 std::vector<fs::path> LayerStore::layer_paths(const std::vector<std::string>& ids) const {
@@ -98,6 +109,21 @@ void LayerStore::commit_layer(const fs::path& dir, const std::string& id) {
   fs::path dst = layer_path(id);
   if (::rename(dir.c_str(), dst.c_str()) != 0) throw sys_error("rename into " + dst.string());
   if (durable_) fsync_dir(root_ / "layers");
+}
+
+void LayerStore::commit_file(const fs::path& upload, const std::string& sha256) {
+  fs::path dst = file_path(sha256);
+  if (::access(dst.c_str(), F_OK) == 0) {
+    ::unlink(upload.c_str());
+    return;
+  }
+  {
+    UniqueFd fd(::open(upload.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd || ::fchmod(fd.get(), 0600) != 0) throw sys_error("store upload " + upload.string());
+    if (durable_ && ::fsync(fd.get()) != 0) throw sys_error("fsync " + upload.string());
+  }
+  if (::rename(upload.c_str(), dst.c_str()) != 0) throw sys_error("store upload");
+  if (durable_) fsync_dir(root_ / "files");
 }
 
 size_t LayerStore::recover(const std::set<std::string>& referenced) {

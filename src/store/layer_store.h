@@ -7,6 +7,14 @@
 //   DATA/files/<sha256>      uploaded file contents, content-addressed
 //   DATA/tmp/                partial uploads and flattening in progress
 //
+// Access (restrict_access): DATA is root:<sandbox gid> 0710 and layers/ and runs/ the same,
+// because the namespace runtime mounts a run's overlay as the sandbox's root (host uid and gid
+// = the store's uid base), which must walk to its lower, upper and work directories, and the
+// microVM runtime's disk builder and QEMU run as that uid and gid too; files/ and tmp/ are
+// 0700 and the database 0600 (root only: the server opens file blobs for the sandboxes). No
+// other host user can reach anything in the data directory. Every directory above DATA must be
+// searchable by others.
+//
 // Everything lives on one filesystem so that a finished run's upper directory becomes a layer
 // with one rename(2). Crash-safety protocol: (1) rename the upper into layers/<id>, (2) commit
 // the image row that names it. Recovery deletes runs/, tmp/ and every layer no image names, so
@@ -29,6 +37,11 @@ class LayerStore {
   // Creates the directory layout when missing. `durable`: fsync directories after renames
   // (and syncfs before committing a layer), at a cost of a few ms per snapshot.
   LayerStore(fs::path root, bool durable);
+
+  // Sets the modes and owners above (see "Access") on DATA and its subdirectories; run at
+  // every start, so older data directories (0711, 0644 files) are fixed. `sandbox_gid` is
+  // the host gid of sandbox root (the store's uid base). Throws Error.
+  void restrict_access(gid_t sandbox_gid);
 
   const fs::path& root() const { return root_; }
   fs::path layer_path(const std::string& id) const { return root_ / "layers" / id; }
@@ -53,6 +66,13 @@ class LayerStore {
 
   // Moves `dir` (on the same filesystem) into the store as layer `id`.
   void commit_layer(const fs::path& dir, const std::string& id);
+
+  // Moves a complete upload (a file on the same filesystem, e.g. under tmp/) into the store as
+  // files/<sha256>, mode 0600, or removes it when that content is stored already. With
+  // `durable`, the content and the directory entry are on disk (fsync of the file, then of
+  // files/) before this returns, so a recorded file survives power loss.
+  void commit_file(const fs::path& upload, const std::string& sha256);
+  bool durable() const { return durable_; }
 
   // Startup recovery: removes runs/ and tmp/ contents and every layer not in `referenced`.
   // Returns how many layers were removed.

@@ -72,15 +72,31 @@ class MetaStore {
                                                      const std::string& uuid) = 0;
   virtual std::vector<FileRecord> list_files(const std::string& project, const Page& p) = 0;
 
-  // API tokens; only a SHA-256 of the secret is stored.
-  virtual TokenRecord create_token(const std::string& project, const std::string& secret_hash) = 0;
+  // API tokens; only a SHA-256 of the secret is stored. find_token returns expired tokens too
+  // (the caller refuses them, saying why).
+  virtual TokenRecord create_token(const std::string& project, const std::string& secret_hash,
+                                   std::optional<int64_t> expires_us = std::nullopt) = 0;
   virtual std::optional<TokenRecord> find_token(const std::string& secret_hash) = 0;
+  virtual std::optional<TokenRecord> get_token(const std::string& uuid) = 0;
+  // Every token, oldest first.
+  virtual std::vector<TokenRecord> list_tokens() = 0;
+  // Deletes the token; false when there is none with this uuid.
+  virtual bool revoke_token(const std::string& uuid) = 0;
+  virtual void touch_token(const std::string& uuid, int64_t used_us) = 0;
+
+  // Store-wide settings (e.g. the sandbox id range its layers are owned by).
+  virtual std::optional<std::string> get_setting(const std::string& key) = 0;
+  // Sets `key` to `value` unless it is set already (the first writer wins, across processes).
+  virtual void init_setting(const std::string& key, const std::string& value) = 0;
+  virtual void set_setting(const std::string& key, const std::string& value) = 0;
 };
 
 // SQLite backend: WAL mode, versioned migrations (PRAGMA user_version), one connection
-// guarded by a mutex. Safe to open from several processes (the admin commands run beside the
-// server); busy waits up to 5 s. `durable`: synchronous=FULL (a commit survives power loss);
-// otherwise NORMAL (survives a crash of the process, may lose the last commits on power loss).
+// guarded by a mutex. The database and its -wal/-shm files are made readable by their owner
+// only (0600; they hold run environments, stdin and output), also when they exist already. Safe to
+// open from several processes (the admin commands run beside the server); busy waits up to 5 s.
+// `durable`: synchronous=FULL (a commit survives power loss); otherwise NORMAL (survives a crash of
+// the process, may lose the last commits on power loss).
 std::unique_ptr<MetaStore> open_sqlite_store(const std::filesystem::path& db_path,
                                              bool durable = false);
 

@@ -67,6 +67,8 @@ struct TokenRecord {
   std::string uuid;
   std::string project;
   int64_t created_us = 0;
+  std::optional<int64_t> expires_us;    // refused from then on; nullopt = never expires
+  std::optional<int64_t> last_used_us;  // last authentication, to about a minute
 };
 
 // Common list filters (contract §1.6). Ordering is newest first, uuid as tiebreak.

@@ -1,11 +1,15 @@
 // SQLite implementation of MetaStore.
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <mutex>
 
 #include "common/clock.h"
 #include "common/error.h"
+#include "common/fd.h"
 #include "common/ids.h"
 #include "store/meta_store.h"
 
@@ -78,6 +82,15 @@ CREATE TABLE tokens (
   created_us INTEGER NOT NULL
 );
 )sql",
+    // 2: token expiry and last use; store-wide settings.
+    R"sql(
+ALTER TABLE tokens ADD COLUMN expires_us INTEGER;
+ALTER TABLE tokens ADD COLUMN last_used_us INTEGER;
+CREATE TABLE settings (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+)sql",
 };
 
 class Stmt {
@@ -136,6 +149,10 @@ class Stmt {
     return text(c);
   }
   int64_t i64(int c) const { return sqlite3_column_int64(s_, c); }
+  std::optional<int64_t> opt_i64(int c) const {
+    if (sqlite3_column_type(s_, c) == SQLITE_NULL) return std::nullopt;
+    return i64(c);
+  }
   double f64(int c) const { return sqlite3_column_double(s_, c); }
 
  private:
@@ -194,9 +211,29 @@ FileRecord read_file_rec(const Stmt& s) {
   return FileRecord{s.text(0), s.text(1), s.text(2), s.i64(3), s.i64(4), s.i64(5)};
 }
 
+constexpr const char* kTokenCols = "uuid, project, created_us, expires_us, last_used_us";
+
+TokenRecord read_token(const Stmt& s) {
+  return TokenRecord{s.text(0), s.text(1), s.i64(2), s.opt_i64(3), s.opt_i64(4)};
+}
+
+// The database and its WAL and shared-memory files hold secrets: owner only. SQLite creates
+// -wal and -shm with the database file's mode, so creating that one 0600 covers new stores;
+// the chmods fix stores made before.
+void restrict_db_files(const std::filesystem::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd) throw sys_error("open " + path.string());
+  if (::fchmod(fd.get(), 0600) != 0) throw sys_error("chmod " + path.string());
+  for (const char* suffix : {"-wal", "-shm", "-journal"}) {
+    std::string p = path.string() + suffix;
+    if (::chmod(p.c_str(), 0600) != 0 && errno != ENOENT) throw sys_error("chmod " + p);
+  }
+}
+
 class SqliteStore final : public MetaStore {
  public:
   SqliteStore(const std::filesystem::path& path, bool durable) {
+    restrict_db_files(path);
     if (sqlite3_open_v2(path.c_str(), &db_,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
                         nullptr) != SQLITE_OK) {
@@ -433,20 +470,76 @@ class SqliteStore final : public MetaStore {
     return out;
   }
 
-  TokenRecord create_token(const std::string& project, const std::string& secret_hash) override {
+  TokenRecord create_token(const std::string& project, const std::string& secret_hash,
+                           std::optional<int64_t> expires_us) override {
     std::lock_guard lk(mu_);
-    TokenRecord t{new_uuid(), project, now_us()};
-    Stmt s(db_, "INSERT INTO tokens (uuid, project, secret_hash, created_us) VALUES (?,?,?,?)");
-    s.bind(1, t.uuid).bind(2, project).bind(3, secret_hash).bind(4, t.created_us).run();
+    TokenRecord t{new_uuid(), project, now_us(), expires_us, std::nullopt};
+    Stmt s(db_,
+           "INSERT INTO tokens (uuid, project, secret_hash, created_us, expires_us) "
+           "VALUES (?,?,?,?,?)");
+    s.bind(1, t.uuid).bind(2, project).bind(3, secret_hash).bind(4, t.created_us);
+    if (expires_us) s.bind(5, *expires_us);
+    s.run();
     return t;
   }
 
   std::optional<TokenRecord> find_token(const std::string& secret_hash) override {
     std::lock_guard lk(mu_);
-    Stmt s(db_, "SELECT uuid, project, created_us FROM tokens WHERE secret_hash=?");
+    Stmt s(db_, fmt::format("SELECT {} FROM tokens WHERE secret_hash=?", kTokenCols).c_str());
     s.bind(1, secret_hash);
     if (!s.step()) return std::nullopt;
-    return TokenRecord{s.text(0), s.text(1), s.i64(2)};
+    return read_token(s);
+  }
+
+  std::optional<TokenRecord> get_token(const std::string& uuid) override {
+    std::lock_guard lk(mu_);
+    Stmt s(db_, fmt::format("SELECT {} FROM tokens WHERE uuid=?", kTokenCols).c_str());
+    s.bind(1, uuid);
+    if (!s.step()) return std::nullopt;
+    return read_token(s);
+  }
+
+  std::vector<TokenRecord> list_tokens() override {
+    std::lock_guard lk(mu_);
+    Stmt s(db_, fmt::format("SELECT {} FROM tokens ORDER BY created_us, uuid", kTokenCols).c_str());
+    std::vector<TokenRecord> out;
+    while (s.step()) out.push_back(read_token(s));
+    return out;
+  }
+
+  bool revoke_token(const std::string& uuid) override {
+    std::lock_guard lk(mu_);
+    Stmt s(db_, "DELETE FROM tokens WHERE uuid=?");
+    s.bind(1, uuid).run();
+    return sqlite3_changes(db_) > 0;
+  }
+
+  void touch_token(const std::string& uuid, int64_t used_us) override {
+    std::lock_guard lk(mu_);
+    Stmt s(db_, "UPDATE tokens SET last_used_us=? WHERE uuid=?");
+    s.bind(1, used_us).bind(2, uuid).run();
+  }
+
+  std::optional<std::string> get_setting(const std::string& key) override {
+    std::lock_guard lk(mu_);
+    Stmt s(db_, "SELECT value FROM settings WHERE key=?");
+    s.bind(1, key);
+    if (!s.step()) return std::nullopt;
+    return s.text(0);
+  }
+
+  void init_setting(const std::string& key, const std::string& value) override {
+    std::lock_guard lk(mu_);
+    Stmt s(db_, "INSERT INTO settings (key, value) VALUES (?,?) ON CONFLICT(key) DO NOTHING");
+    s.bind(1, key).bind(2, value).run();
+  }
+
+  void set_setting(const std::string& key, const std::string& value) override {
+    std::lock_guard lk(mu_);
+    Stmt s(db_,
+           "INSERT INTO settings (key, value) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET "
+           "value=excluded.value");
+    s.bind(1, key).bind(2, value).run();
   }
 
  private:

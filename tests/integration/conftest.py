@@ -19,6 +19,17 @@ def admin(data_dir, *args):
     return out.stdout.strip()
 
 
+def uid_base(data_dir):
+    """The host uid of sandbox root in this data directory (its recorded range)."""
+    import sqlite3
+    db = sqlite3.connect(f"file:{data_dir}/coppice.db?mode=ro", uri=True)
+    try:
+        (v,), = db.execute("SELECT value FROM settings WHERE key='sandbox_ids'").fetchall()
+    finally:
+        db.close()
+    return int(v.split(":")[0])
+
+
 @pytest.fixture(scope="session")
 def coppiced_bin():
     assert os.path.exists(COPPICED), f"build coppiced first ({COPPICED})"

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from conftest import uid_base
 from coppice_client import stdout_of
 
 
@@ -68,7 +69,7 @@ def test_root_in_sandbox_is_not_host_root(server, client, busybox):
     for root, _, files in os.walk(os.path.join(str(server.data_dir), "layers")):
         if "owned" in files:
             found.append(os.stat(os.path.join(root, "owned")).st_uid)
-    assert found and all(uid >= 100000 for uid in found)
+    assert found and all(uid >= uid_base(server.data_dir) for uid in found)
 
 
 def test_ptrace_cannot_reach_outside(client, busybox):

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from conftest import uid_base
 from coppice_client import Client, stdout_of
 
 
@@ -50,9 +51,10 @@ def test_snapshot_deletions_opaque_symlinks_owners(server, vm, client, busybox):
     # on the host, the guest's files belong to the unprivileged range, never to host root
     # (the image's own layer is DATA/layers/<its uuid>; other tests' layers may hold a "keep")
     layer = os.path.join(str(server.data_dir), "layers", a)
-    assert os.stat(os.path.join(layer, "w", "keep")).st_uid == 100005
-    assert os.stat(os.path.join(layer, "opt", "run.sh")).st_uid == 100007
-    assert os.stat(os.path.join(layer, "w")).st_uid == 100000
+    base = uid_base(server.data_dir)
+    assert os.stat(os.path.join(layer, "w", "keep")).st_uid == base + 5
+    assert os.stat(os.path.join(layer, "opt", "run.sh")).st_uid == base + 7
+    assert os.stat(os.path.join(layer, "w")).st_uid == base
     # an opaque directory from a second VM run, read back by the namespace runtime
     b = vm.run(a, "rm -rf /w/sub && mkdir /w/sub && echo new > /w/sub/h")["result_image_uuid"]
     out = stdout_of(client.run(b, "ls /w/sub; cat /w/keep; test -e /etc/hostname || echo gone"))
