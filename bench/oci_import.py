@@ -69,8 +69,9 @@ def layout_info(layout, tag):
 # servers
 
 class Server:
-    def __init__(self, coppiced, data, pids_file, name):
+    def __init__(self, coppiced, data, pids_file, name, registry):
         self.coppiced, self.data, self.pids_file, self.name = coppiced, data, pids_file, name
+        self.registry = registry  # HOST:PORT of the local registry: allowed, over plain http
         self.proc = None
         self.port = None
         self.token = None
@@ -88,7 +89,8 @@ class Server:
         with open(out, "wb") as o, open(self.log, "wb") as e:
             self.proc = subprocess.Popen(
                 [self.coppiced, "serve", "--listen", "127.0.0.1:0", "--data-dir", self.data,
-                 "--log-level", "info", "--shutdown-grace", "2"],
+                 "--log-level", "info", "--shutdown-grace", "2",
+                 "--insecure-registry", self.registry],
                 stdout=o, stderr=e, stdin=subprocess.DEVNULL, start_new_session=True)
         with open(self.pids_file, "a") as f:
             f.write(f"{self.proc.pid}\n")
@@ -237,7 +239,8 @@ def bench(a):
     serial = iter(range(1_000_000))
 
     def new_server(name):
-        s = Server(a.coppiced, os.path.join(work, f"data-{name}-{next(serial)}"), pids, name)
+        s = Server(a.coppiced, os.path.join(work, f"data-{name}-{next(serial)}"), pids, name,
+                   a.registry)
         servers.append(s)
         return s.start()
 

@@ -1,5 +1,8 @@
 #include "cli/image_ref.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 namespace coppice::cli {
 
 std::string default_tag(std::string ref) {
@@ -24,6 +27,14 @@ std::string registry_host(std::string ref) {
     if (first.find_first_of(".:") != std::string::npos || first == "localhost") return first;
   }
   return "docker.io";
+}
+
+bool is_loopback_registry(const std::string& hp) {
+  std::string host =
+      !hp.empty() && hp[0] == '[' ? hp.substr(0, hp.find(']') + 1) : hp.substr(0, hp.find(':'));
+  if (host == "localhost" || host == "[::1]") return true;
+  in_addr a{};
+  return ::inet_pton(AF_INET, host.c_str(), &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
 }
 
 }  // namespace coppice::cli

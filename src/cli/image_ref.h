@@ -13,4 +13,9 @@ std::string default_tag(std::string ref);
 // (has '.' or ':' or is `localhost`), else docker.io.
 std::string registry_host(std::string ref);
 
+// A registry HOST[:PORT] on this machine, matched exactly: `localhost`, `[::1]` or a numeric
+// IPv4 address in 127.0.0.0/8. `127.evil.example` is not (it is a name anyone can point
+// anywhere).
+bool is_loopback_registry(const std::string& host_port);
+
 }  // namespace coppice::cli

@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/context.h"
+#include "mcp/http_guard.h"
 #include "mcp/transport.h"
 
 #ifndef COPPICE_VERSION
@@ -26,9 +27,25 @@ void add_mcp_command(CLI::App& app, cli::Context& ctx) {
                   "--http: live sessions kept; past it the least recently used ends (default "
                   "1000)")
       ->check(CLI::Range(size_t{1}, size_t{1000000}));
-  cmd->callback([&ctx, http, opt, idle_s] {
+  auto root = std::make_shared<std::string>(".");
+  auto token_file = std::make_shared<std::string>();
+  cmd->add_option("--file-root", *root,
+                  "the only local directory upload/rsync read and download writes, symlinks "
+                  "not followed (env COPPICE_MCP_FILE_ROOT; default: the working directory)")
+      ->envname("COPPICE_MCP_FILE_ROOT");
+  cmd->add_option("--auth-token-file", *token_file,
+                  "--http: read the bearer secret clients must send from this file (else env "
+                  "COPPICE_MCP_TOKEN, else a random one printed at start)");
+  cmd->add_option("--allow-host", opt->allow_hosts,
+                  "--http: also answer requests with this Host header, HOST[:PORT] exactly "
+                  "(repeatable; e.g. behind a reverse proxy)");
+  cmd->add_option("--allow-origin", opt->allow_origins,
+                  "--http: also accept browser requests from this Origin, scheme://host[:port] "
+                  "exactly (repeatable)");
+  cmd->callback([&ctx, http, opt, idle_s, root, token_file] {
     auto profile = ctx.server();
-    ServerOptions o{profile.url, profile.token, ctx.home() / "mcp", COPPICE_VERSION};
+    ServerOptions o{profile.url, profile.token, ctx.home() / "mcp", COPPICE_VERSION, *root};
+    if (*http) opt->token = mcp_http_secret(*token_file, &opt->token_generated);
     McpServer server(o);
     opt->session_idle = std::chrono::seconds(*idle_s);
     if (*http)

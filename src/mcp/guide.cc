@@ -14,7 +14,8 @@ const std::vector<std::pair<std::string, std::string>>& guide_sections() {
       {"workflow", R"(# Workflow
 - Start from an image (`list_images`, or `import_image` for docker://… references).
 - Get your code in: `rsync` a local directory (returns `directory_state_id`) or `upload` single
-  files; pass them to `run`.
+  files; pass them to `run`. Local paths must be under the MCP server's file root (`whoami`
+  shows it); symlinks are not followed.
 - Set up once with `disposable: false` (install packages, build), then tag the result
   (`set_tag`) so you can come back to it.
 - Explore: run several commands from the same image (each makes its own branch). Use

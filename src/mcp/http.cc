@@ -1,6 +1,7 @@
 // MCP streamable HTTP (spec 2025-11-25 "Transports"), on Boost.Beast with one thread per
-// connection. Sessions: `initialize` creates one and answers with Mcp-Session-Id; later
-// requests must carry it (400 without, 404 when unknown or ended).
+// connection. Every request is checked by HttpGuard first (Host, Origin, bearer secret).
+// Sessions: `initialize` creates one and answers with Mcp-Session-Id; later requests must
+// carry it (400 without, 404 when unknown or ended).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include "cli/log.h"
 #include "common/error.h"
 #include "common/ids.h"
+#include "mcp/http_guard.h"
 #include "mcp/jsonrpc.h"
 #include "mcp/transport.h"
 #include "mcp/worker_set.h"
@@ -133,15 +135,6 @@ class SessionUse {
   std::string id_;
 };
 
-bool loopback_origin(const std::string& origin) {
-  // scheme://host[:port]
-  auto p = origin.find("://");
-  std::string host = p == std::string::npos ? origin : origin.substr(p + 3);
-  if (host.rfind("[::1]", 0) == 0) return true;
-  host = host.substr(0, host.find(':'));
-  return host == "localhost" || host == "127.0.0.1" || host.rfind("127.", 0) == 0;
-}
-
 std::string docs_page(const McpServer& server) {
   std::string rows;
   auto esc = [](std::string s) {
@@ -211,7 +204,8 @@ class SseWriter {
 };
 
 // Handles one request; returns false when the connection must close.
-bool serve_one(McpServer& server, Sessions& sessions, tcp::socket& sock, const Request& req) {
+bool serve_one(McpServer& server, Sessions& sessions, const HttpGuard& guard, tcp::socket& sock,
+               const Request& req) {
   auto reply = [&](Response r) {
     boost::system::error_code ec;
     http::write(sock, r, ec);
@@ -219,10 +213,17 @@ bool serve_one(McpServer& server, Sessions& sessions, tcp::socket& sock, const R
   };
   std::string target(req.target());
   std::string path = target.substr(0, target.find('?'));
-  std::string origin(req[http::field::origin]);
-  if (!origin.empty() && !loopback_origin(origin))
-    return reply(rpc_failure(req, http::status::forbidden, kInvalidRequest,
-                             "origin " + origin + " is not allowed"));
+  auto sv = [](beast::string_view v) { return std::string_view(v.data(), v.size()); };
+  std::optional<std::string_view> origin;
+  if (auto it = req.find(http::field::origin); it != req.end()) origin = sv(it->value());
+  if (auto refused =
+          guard.check(sv(req[http::field::host]), origin, sv(req[http::field::authorization]))) {
+    Response r = rpc_failure(req, static_cast<http::status>(refused->status), kInvalidRequest,
+                             refused->message);
+    if (refused->status == 401)
+      r.set(http::field::www_authenticate, "Bearer realm=\"coppice-mcp\"");
+    return reply(std::move(r));
+  }
   if (path == "/" && req.method() == http::verb::get)
     return reply(plain(req, http::status::ok, docs_page(server), "text/html; charset=utf-8"));
   if (path != "/mcp")
@@ -301,7 +302,8 @@ bool serve_one(McpServer& server, Sessions& sessions, tcp::socket& sock, const R
   return reply(std::move(out));
 }
 
-void serve_connection(McpServer& server, Sessions& sessions, tcp::socket& sock) {
+void serve_connection(McpServer& server, Sessions& sessions, const HttpGuard& guard,
+                      tcp::socket& sock) {
   beast::flat_buffer buf;
   for (;;) {
     http::request_parser<http::string_body> parser;
@@ -309,7 +311,7 @@ void serve_connection(McpServer& server, Sessions& sessions, tcp::socket& sock) 
     boost::system::error_code ec;
     http::read(sock, buf, parser, ec);
     if (ec) return;
-    if (!serve_one(server, sessions, sock, parser.get())) break;
+    if (!serve_one(server, sessions, guard, sock, parser.get())) break;
   }
   boost::system::error_code ec;
   sock.shutdown(tcp::socket::shutdown_both, ec);
@@ -336,10 +338,18 @@ void serve_http(McpServer& server, const HttpOptions& opt) {
   acceptor.bind(ep, ec);
   if (ec) throw Error(500, fmt::format("cannot listen on {}: {}", listen, ec.message()));
   acceptor.listen();
+  const unsigned short bound = acceptor.local_endpoint().port();
+  HttpGuard guard({opt.token, host, bound, opt.allow_hosts, opt.allow_origins});
   std::cerr << fmt::format("coppice mcp: serving MCP on http://{}:{}/mcp",
-                           host.find(':') != std::string::npos ? "[" + host + "]" : host,
-                           acceptor.local_endpoint().port())
+                           host.find(':') != std::string::npos ? "[" + host + "]" : host, bound)
             << std::endl;
+  if (opt.token_generated)
+    std::cerr << "coppice mcp: bearer token (clients send 'Authorization: Bearer <token>'): "
+              << opt.token << std::endl;
+  if (!addr.is_loopback())
+    std::cerr << "coppice mcp: warning: listening beyond loopback over plain http: the bearer "
+                 "token travels unencrypted"
+              << std::endl;
   Sessions sessions(server, opt.session_idle, opt.max_sessions);
   WorkerSet workers;
   for (;;) {
@@ -347,7 +357,8 @@ void serve_http(McpServer& server, const HttpOptions& opt) {
     acceptor.accept(sock, ec);
     if (ec) continue;
     auto s = std::make_shared<tcp::socket>(std::move(sock));
-    workers.start([&server, &sessions, s] { serve_connection(server, sessions, *s); });
+    workers.start(
+        [&server, &sessions, &guard, s] { serve_connection(server, sessions, guard, *s); });
   }
 }
 

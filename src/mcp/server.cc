@@ -62,7 +62,10 @@ const std::vector<std::string>& supported_protocol_versions() {
 }
 
 McpServer::McpServer(ServerOptions o)
-    : opts_(std::move(o)), state_(opts_.state_dir, opts_.url), tools_(all_tools()) {}
+    : opts_(std::move(o)),
+      state_(opts_.state_dir, opts_.url),
+      files_(opts_.file_root),
+      tools_(all_tools()) {}
 
 std::unique_ptr<cli::ApiClient> McpServer::make_client(
     const std::shared_ptr<std::atomic<bool>>& cancelled) {
@@ -211,7 +214,7 @@ json McpServer::call_tool(const json& params, const Emit& emit,
     emit(rpc_notification("notifications/progress", p));
   };
   auto api = make_client(cancelled);
-  CallContext ctx{*api, state_, progress, [cancelled] { return cancelled->load(); }};
+  CallContext ctx{*api, state_, files_, progress, [cancelled] { return cancelled->load(); }};
   auto t0 = std::chrono::steady_clock::now();
   try {
     ToolResult r = it->run(args, ctx);

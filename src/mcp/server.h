@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "mcp/file_root.h"
 #include "mcp/local_state.h"
 #include "mcp/tool.h"
 
@@ -31,6 +32,8 @@ struct ServerOptions {
   std::string token;                // its bearer token
   std::filesystem::path state_dir;  // local state (rsync cache, credentials)
   std::string version;              // reported in serverInfo
+  // The local directory upload/rsync may read and download may write (file_root.h).
+  std::filesystem::path file_root = ".";
 };
 
 // Receives server-to-client messages (notifications) produced while a request runs.
@@ -61,6 +64,7 @@ class McpServer {
 
   ServerOptions opts_;
   LocalState state_;
+  FileRoot files_;
   std::vector<Tool> tools_;
   std::mutex mu_;
   // "session\nid" → cancellation flag of a request in flight.

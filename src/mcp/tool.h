@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cli/api_client.h"
+#include "mcp/file_root.h"
 #include "mcp/local_state.h"
 
 namespace coppice::mcp {
@@ -19,8 +20,9 @@ using nlohmann::json;
 
 // What a handler may use while it runs.
 struct CallContext {
-  cli::ApiClient& api;  // this call's own client; cancellation aborts its transfers (Error 499)
-  LocalState& state;    // the MCP server's local state ($COPPICE_HOME/mcp)
+  cli::ApiClient& api;    // this call's own client; cancellation aborts its transfers (Error 499)
+  LocalState& state;      // the MCP server's local state ($COPPICE_HOME/mcp)
+  const FileRoot& files;  // the only local directory tools may read or write (file_root.h)
   // Reports progress to the client (a no-op unless it asked with a progressToken).
   std::function<void(double progress, std::optional<double> total, const std::string& message)>
       progress;

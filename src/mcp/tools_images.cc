@@ -58,16 +58,12 @@ ToolResult set_tag(const json& a, CallContext& ctx) {
   return {image_row(get_image_record(ctx.api, uuid)), "", false};
 }
 
-bool loopback(const std::string& host) {
-  return host.rfind("127.", 0) == 0 || host.rfind("localhost", 0) == 0 ||
-         host.rfind("[::1]", 0) == 0;
-}
-
 // Checks credentials against the registry's /v2/ endpoint (and its token service for
 // registries that use bearer tokens). Error 401 when refused.
 void validate_registry(const std::string& host, const std::string& user, const std::string& token) {
   std::string api_host = host == "docker.io" ? "registry-1.docker.io" : host;
-  std::string base = (loopback(host) ? "http://" : "https://") + api_host;
+  // Plain http only to a registry on this machine (matched exactly, as Docker does by default).
+  std::string base = (cli::is_loopback_registry(host) ? "http://" : "https://") + api_host;
   std::string basic = "Authorization: Basic " + base64_encode(user + ":" + token);
   cli::HttpTransport http;
   cli::HttpRequest req{"GET", base + "/v2/", {basic}, ""};

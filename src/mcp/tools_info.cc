@@ -32,6 +32,7 @@ ToolResult get_guide(const json& a, CallContext&) {
 ToolResult whoami(const json&, CallContext& ctx) {
   json j = ctx.api.get_json("/whoami", "whoami");
   j["server_url"] = ctx.api.base_url();
+  j["file_root"] = ctx.files.path();  // where upload/rsync read and download writes
   return {j, "", false};
 }
 
@@ -66,7 +67,8 @@ void add_info_tools(std::vector<Tool>& out) {
                  get_guide});
   out.push_back({"whoami",
                  "Who am I on the server",
-                 "The project this server connection acts for, and the runtimes available.",
+                 "The project this server connection acts for, the runtimes available, and "
+                 "file_root: the local directory upload, rsync and download may use.",
                  object_schema(json::object(), {}),
                  {{"readOnlyHint", true}, {"idempotentHint", true}, {"openWorldHint", false}},
                  whoami});

@@ -1,13 +1,9 @@
 // Reading images without starting a sandbox: list_files, read_file, download, grep.
-#include <fcntl.h>
 #include <fmt/format.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <filesystem>
 
 #include "common/error.h"
-#include "common/fd.h"
 #include "mcp/api_helpers.h"
 #include "mcp/tool.h"
 
@@ -125,30 +121,16 @@ ToolResult download(const json& a, CallContext& ctx) {
   std::string uuid = resolve_image(ctx.api, a["image"]);
   std::string path = abs_path(a, "path", "/");
   std::string dest = a["destination"];
-  if (dest.empty() || dest[0] != '/')
-    throw bad_request("destination must be an absolute local path, e.g. /tmp/out.txt");
+  ctx.files.relative(dest);  // refuses a destination outside the file root before fetching
   std::string data = fetch_file(ctx.api, uuid, path);
   bool exec = a.value("executable", false);
-  std::filesystem::path d(dest);
-  std::error_code ec;
-  if (std::filesystem::is_directory(d, ec)) d /= std::filesystem::path(path).filename();
-  std::filesystem::create_directories(d.parent_path(), ec);
-  std::string tmp = d.string() + ".coppice-part";
-  {
-    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, exec ? 0755 : 0644));
-    if (!fd.valid()) throw sys_error("cannot write " + tmp);
-    size_t off = 0;
-    while (off < data.size()) {
-      ssize_t n = ::write(fd.get(), data.data() + off, data.size() - off);
-      if (n < 0) throw sys_error("cannot write " + tmp);
-      off += static_cast<size_t>(n);
-    }
-  }
-  if (exec) ::chmod(tmp.c_str(), 0755);
-  if (::rename(tmp.c_str(), d.c_str()) != 0) throw sys_error("cannot replace " + d.string());
+  std::string name = std::filesystem::path(path).filename().string();
+  if (name.empty()) name = "download";
+  // 0644 unless the caller asked for an executable (less the umask either way).
+  std::string written = ctx.files.write_file(dest, data, exec ? 0755 : 0644, name);
   return {{{"success", true},
            {"source", {{"image", uuid}, {"path", path}}},
-           {"destination", d.string()},
+           {"destination", written},
            {"size", data.size()},
            {"executable", exec}},
           "",
@@ -227,13 +209,18 @@ void add_inspect_tools(std::vector<Tool>& out) {
   out.push_back(
       {"download",
        "Copy a file of an image to the local machine",
-       "Writes a file of an image to a local path (where this MCP server runs). Use it "
-       "for build artifacts; for reading, read_file is simpler.",
+       "Writes a file of an image to a local path (where this MCP server runs), under "
+       "its file root (whoami shows it; symlinks are not followed). Use it for build "
+       "artifacts; for reading, read_file is simpler.",
        object_schema(
            {{"image", image},
             {"path", prop("string", "Absolute file path in the image.")},
-            {"destination", prop("string", "Absolute local path (file or existing directory).")},
-            {"executable", prop_default("boolean", "Make the local file executable.", false)}},
+            {"destination",
+             prop("string",
+                  "Local path (file or existing directory) under the file root: absolute, or "
+                  "relative to the root. Missing directories are created.")},
+            {"executable",
+             prop_default("boolean", "Make the local file executable (0755, else 0644).", false)}},
            {"image", "path", "destination"}),
        {{"readOnlyHint", false}, {"idempotentHint", true}, {"openWorldHint", false}},
        download});

@@ -1,15 +1,21 @@
 #include "oci/http_client.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
 #include <fmt/format.h>
+#include <netinet/in.h>
+#include <strings.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <optional>
 
 #include "common/error.h"
+#include "oci/net_policy.h"
 
 namespace coppice::oci {
 
@@ -24,8 +30,25 @@ struct FileClose {
   void operator()(FILE* f) const { std::fclose(f); }
 };
 
+struct UrlFree {
+  void operator()(CURLU* u) const { curl_url_cleanup(u); }
+};
+using UrlHandle = std::unique_ptr<CURLU, UrlFree>;
+
+std::string url_part(CURLU* u, CURLUPart part, unsigned flags = 0) {
+  char* out = nullptr;
+  if (curl_url_get(u, part, &out, flags) != CURLUE_OK || !out) return "";
+  std::string s(out);
+  curl_free(out);
+  return s;
+}
+
+constexpr int kMaxRedirects = 10;
+
 struct Transfer {
   CURL* curl = nullptr;
+  bool private_ok = false;  // the hop may connect to non-public addresses
+  std::string refused;      // the last address the open-socket check refused
   const BodySink* sink = nullptr;
   HttpResponse* resp = nullptr;
   size_t max_body = 0;
@@ -87,6 +110,25 @@ size_t on_upload(char* buf, size_t size, size_t n, void* ud) {
   return len;
 }
 
+// Every socket libcurl opens (for each address it tries) comes through here: the one place
+// where the address about to be connected is checked (net_policy.h).
+curl_socket_t on_open_socket(void* ud, curlsocktype, curl_sockaddr* a) {
+  auto* t = static_cast<Transfer*>(ud);
+  AddressKind k = classify_address(&a->addr);
+  if (k != AddressKind::kPublic && !t->private_ok) {
+    char buf[INET6_ADDRSTRLEN] = "?";
+    if (a->family == AF_INET)
+      ::inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&a->addr)->sin_addr, buf,
+                  sizeof buf);
+    else if (a->family == AF_INET6)
+      ::inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&a->addr)->sin6_addr, buf,
+                  sizeof buf);
+    t->refused = fmt::format("{} (a {} address)", buf, describe(k));
+    return CURL_SOCKET_BAD;
+  }
+  return ::socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
 int on_progress(void* ud, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
   auto* t = static_cast<Transfer*>(ud);
   return (*t->abort && (*t->abort)()) ? 1 : 0;
@@ -106,8 +148,41 @@ std::string HttpResponse::header(const std::string& lower_name) const {
   return it == headers.end() ? std::string() : it->second;
 }
 
-HttpClient::HttpClient(AbortCheck abort)
-    : h_(std::make_unique<Handle>()), abort_(std::move(abort)) {
+std::string UrlParts::host_port() const {
+  return fmt::format("{}:{}", host, port);
+}
+
+UrlParts parse_url(const std::string& url) {
+  UrlHandle u(curl_url());
+  if (!u) throw internal("curl_url failed");
+  if (curl_url_set(u.get(), CURLUPART_URL, url.c_str(), 0) != CURLUE_OK)
+    throw Error(502, fmt::format("'{}' is not a URL", url.substr(0, 200)));
+  UrlParts p;
+  p.scheme = url_part(u.get(), CURLUPART_SCHEME);
+  for (auto& c : p.scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (p.scheme != "http" && p.scheme != "https")
+    throw Error(502, fmt::format("'{}' is not an http(s) URL", url.substr(0, 200)));
+  p.host = url_part(u.get(), CURLUPART_HOST);
+  for (auto& c : p.host) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (p.host.find(':') != std::string::npos && p.host.front() != '[') p.host = "[" + p.host + "]";
+  std::string port = url_part(u.get(), CURLUPART_PORT, CURLU_DEFAULT_PORT);
+  if (p.host.empty() || port.empty())
+    throw Error(502, fmt::format("'{}' names no host", url.substr(0, 200)));
+  p.port = std::stoi(port);
+  return p;
+}
+
+std::string resolve_url(const std::string& base, const std::string& ref) {
+  UrlHandle u(curl_url());
+  if (!u) throw internal("curl_url failed");
+  if (curl_url_set(u.get(), CURLUPART_URL, base.c_str(), 0) != CURLUE_OK ||
+      curl_url_set(u.get(), CURLUPART_URL, ref.c_str(), 0) != CURLUE_OK)
+    throw Error(502, fmt::format("bad redirect location '{}'", ref.substr(0, 200)));
+  return url_part(u.get(), CURLUPART_URL);
+}
+
+HttpClient::HttpClient(AbortCheck abort, ConnectPolicy policy)
+    : h_(std::make_unique<Handle>()), abort_(std::move(abort)), policy_(std::move(policy)) {
   std::call_once(g_curl_init, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   h_->curl = curl_easy_init();
   if (!h_->curl) throw internal("curl_easy_init failed");
@@ -115,12 +190,48 @@ HttpClient::HttpClient(AbortCheck abort)
 
 HttpClient::~HttpClient() = default;
 
-HttpResponse HttpClient::perform(const HttpRequest& req, const BodySink* sink) {
+HttpResponse HttpClient::perform(const HttpRequest& first, const BodySink* sink) {
+  HttpRequest req = first;
+  UrlParts url = parse_url(req.url);
+  std::optional<UrlParts> from;
+  for (int hop = 0;; ++hop) {
+    HopPermit permit = policy_ ? policy_(url, from ? &*from : nullptr) : HopPermit{};
+    HttpResponse resp = perform_once(req, sink, url, permit);
+    const long s = resp.status;
+    const bool redirect = s == 301 || s == 302 || s == 303 || s == 307 || s == 308;
+    std::string location = resp.header("location");
+    if (!first.follow_redirects || !redirect || location.empty()) {
+      resp.effective_url = req.url;
+      return resp;
+    }
+    if (hop >= kMaxRedirects)
+      throw Error(502, fmt::format("{} {}: more than {} redirects", first.method, first.url,
+                                   kMaxRedirects));
+    std::string next = resolve_url(req.url, location);
+    UrlParts next_url = parse_url(next);
+    if (!next_url.same_origin(url))  // credentials are for the origin that asked for them
+      std::erase_if(req.headers, [](const std::string& h) {
+        return h.size() >= 14 && strncasecmp(h.c_str(), "authorization:", 14) == 0;
+      });
+    if ((s == 303 && req.method != "HEAD") || ((s == 301 || s == 302) && req.method == "POST")) {
+      req.method = "GET";
+      req.body.clear();
+      req.body_file.clear();
+    }
+    req.url = next;
+    from = url;
+    url = next_url;
+  }
+}
+
+HttpResponse HttpClient::perform_once(const HttpRequest& req, const BodySink* sink,
+                                      const UrlParts& url, const HopPermit& permit) {
   CURL* c = h_->curl;
   curl_easy_reset(c);
   HttpResponse resp;
   Transfer t;
   t.curl = c;
+  t.private_ok = permit.private_addresses;
   t.sink = sink;
   t.resp = &resp;
   t.max_body = max_body_;
@@ -136,10 +247,10 @@ HttpResponse HttpClient::perform(const HttpRequest& req, const BodySink* sink) {
   std::unique_ptr<FILE, FileClose> upload_file;
   curl_easy_setopt(c, CURLOPT_URL, req.url.c_str());
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers.get());
-  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, req.follow_redirects ? 1L : 0L);
-  curl_easy_setopt(c, CURLOPT_MAXREDIRS, 10L);
+  curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, 0L);  // perform() follows, hop by hop
   curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+  curl_easy_setopt(c, CURLOPT_OPENSOCKETDATA, &t);
   curl_easy_setopt(c, CURLOPT_USERAGENT, "coppice/0.1");
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT, 15L);
   // A stalled transfer (under 1 byte/s for 60 s) fails instead of hanging.
@@ -185,12 +296,16 @@ HttpResponse HttpClient::perform(const HttpRequest& req, const BodySink* sink) {
   if (rc == CURLE_ABORTED_BY_CALLBACK) throw Error(499, "cancelled");
   if (t.too_big)
     throw Error(502, fmt::format("response from {} is larger than {} bytes", req.url, max_body_));
+  if (rc != CURLE_OK && !t.refused.empty())
+    throw Error(403, fmt::format("{} {}: refused to connect to {}, which {} resolves to: coppiced "
+                                 "connects only to public addresses unless the operator allows the "
+                                 "registry (coppiced serve --allow-registry {} for https, or "
+                                 "--insecure-registry {} for plain http)",
+                                 req.method, req.url.substr(0, 300), t.refused, url.host,
+                                 url.host_port(), url.host_port()));
   if (rc != CURLE_OK)
     throw Error(502, fmt::format("{} {}: {}", req.method, req.url, curl_easy_strerror(rc)));
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp.status);
-  char* eff = nullptr;
-  if (curl_easy_getinfo(c, CURLINFO_EFFECTIVE_URL, &eff) == CURLE_OK && eff)
-    resp.effective_url = eff;
   return resp;
 }
 

@@ -9,6 +9,7 @@
 #include "common/base64.h"
 #include "common/error.h"
 #include "common/sha256.h"
+#include "oci/net_policy.h"
 
 namespace coppice::oci {
 
@@ -16,9 +17,31 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string host_only(const std::string& hostport) {
-  if (!hostport.empty() && hostport[0] == '[') return hostport.substr(0, hostport.find(']') + 1);
-  return hostport.substr(0, hostport.find(':'));
+std::vector<HostPort> entries(const std::vector<std::string>& list) {
+  std::vector<HostPort> out;
+  for (const auto& e : list)
+    if (auto hp = parse_host_port(e)) out.push_back(*hp);
+  return out;
+}
+
+bool any_matches(const std::vector<std::string>& list, const std::string& host,
+                 std::optional<int> port) {
+  for (const auto& e : entries(list))
+    if (host_matches(e, host, port)) return true;
+  return false;
+}
+
+// The mirror URL whose host and port these are, if any.
+const std::string* mirror_at(const std::map<std::string, std::string>& mirrors,
+                             const std::string& host, int port) {
+  for (const auto& [_, url] : mirrors) {
+    try {
+      UrlParts u = parse_url(url);
+      if (u.host == host && u.port == port) return &url;
+    } catch (const Error&) {
+    }
+  }
+  return nullptr;
 }
 
 // Parses `Bearer realm="…",service="…",scope="…"` (or Basic …) into scheme + parameters.
@@ -60,12 +83,38 @@ bool retryable(long status) {
 
 }  // namespace
 
-bool RegistryConfig::is_insecure(const std::string& host) const {
-  std::string h = host_only(host);
-  if (h == "localhost" || h == "[::1]" || h.rfind("127.", 0) == 0) return true;
-  for (const auto& i : insecure)
-    if (i == host || i == h) return true;
-  return false;
+void RegistryConfig::validate() const {
+  for (const auto& [flag, list] :
+       {std::pair{"--insecure-registry", &insecure}, std::pair{"--allow-registry", &allowed}})
+    for (const auto& e : *list)
+      if (!parse_host_port(e))
+        throw Error(400, fmt::format("{} {}: want HOST or HOST:PORT (no scheme, no path), e.g. "
+                                     "127.0.0.1:5000",
+                                     flag, e));
+  for (const auto& [registry, url] : mirrors) {
+    try {
+      parse_url(url);
+    } catch (const Error&) {
+      throw Error(400, fmt::format("--registry-mirror {}={}: the mirror must be an http(s) URL",
+                                   registry, url));
+    }
+  }
+}
+
+bool RegistryConfig::is_insecure(const std::string& registry) const {
+  auto hp = parse_host_port(registry);
+  return hp && any_matches(insecure, hp->host, hp->port);
+}
+
+bool RegistryConfig::plain_http_ok(const std::string& host, int port) const {
+  if (any_matches(insecure, host, port)) return true;
+  const std::string* m = mirror_at(mirrors, host, port);
+  return m && parse_url(*m).scheme == "http";
+}
+
+bool RegistryConfig::private_ok(const std::string& host, int port) const {
+  return any_matches(insecure, host, port) || any_matches(allowed, host, port) ||
+         mirror_at(mirrors, host, port) != nullptr;
 }
 
 std::string RegistryConfig::endpoint(const std::string& registry) const {
@@ -80,7 +129,7 @@ RegistryClient::RegistryClient(Reference ref, Credentials cred, const RegistryCo
       cfg_(cfg),
       abort_(std::move(abort)),
       push_(push),
-      http_(abort_) {
+      http_(abort_, [this](const UrlParts& u, const UrlParts* from) { return permit(u, from); }) {
   http_.set_max_body(4u << 20);  // manifests and error documents; blobs stream to sinks
   if (!push_) {
     auto m = cfg_.mirrors.find(ref_.registry);
@@ -103,6 +152,66 @@ void RegistryClient::sleep_abortable(std::chrono::milliseconds d) {
     if (abort_ && abort_()) throw Error(499, "cancelled");
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+}
+
+HopPermit RegistryClient::permit(const UrlParts& url, const UrlParts* from) const {
+  // Plain http: to hosts the operator named, and to what a plain-http registry (or hop) sends
+  // us to (its redirects, realm, upload locations are no less exposed than it is); never as a
+  // downgrade from https.
+  const bool plain_registry = endpoint().rfind("http://", 0) == 0;
+  if (url.scheme == "http" && !cfg_.plain_http_ok(url.host, url.port) &&
+      !(from ? from->scheme == "http" : plain_registry))
+    throw Error(
+        403,
+        fmt::format("refusing plain http to {}{}: coppiced speaks plain http only to "
+                    "registries the operator names with --insecure-registry",
+                    url.host_port(),
+                    from ? fmt::format(" (a redirect from https://{})", from->host_port()) : ""));
+  return HopPermit{cfg_.private_ok(url.host, url.port)};
+}
+
+std::string RegistryClient::excerpt(const HttpResponse& r) const {
+  std::string text;
+  json j = json::parse(r.body, nullptr, false);
+  if (j.is_object() && j.contains("errors") && j["errors"].is_array()) {
+    for (const auto& e : j["errors"]) {
+      if (!e.is_object()) continue;
+      std::string one = e.value("code", "");
+      if (e.contains("message") && e["message"].is_string())
+        one += (one.empty() ? "" : ": ") + e["message"].get<std::string>();
+      if (!one.empty()) text += (text.empty() ? "" : "; ") + one;
+    }
+  } else if (r.body.find("<html") != std::string::npos ||
+             r.body.find("<HTML") != std::string::npos) {
+    text = "";  // an HTML error page says nothing useful in one line
+  } else {
+    text = r.body.substr(0, 4096);
+  }
+  std::vector<std::string> secrets;
+  if (!cred_.password.empty()) {
+    secrets.push_back(cred_.password);
+    secrets.push_back(base64_encode(cred_.username + ":" + cred_.password));
+  }
+  if (auth_) {
+    auto sp = auth_->find(' ');
+    if (sp != std::string::npos) secrets.push_back(auth_->substr(sp + 1));
+  }
+  for (const auto& secret : secrets) {
+    if (secret.size() < 3) continue;
+    for (size_t p = text.find(secret); p != std::string::npos; p = text.find(secret, p + 8))
+      text.replace(p, secret.size(), "<MASKED>");
+  }
+  std::string out;
+  for (char c : text) {
+    auto u = static_cast<unsigned char>(c);
+    char shown = (u < 0x20 || u >= 0x7f) ? ' ' : c;  // printable ASCII only
+    if (shown == ' ' && (out.empty() || out.back() == ' ')) continue;
+    out += shown;
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  constexpr size_t kMax = 200;
+  if (out.size() > kMax) out = out.substr(0, kMax) + "...";
+  return out;
 }
 
 void RegistryClient::authenticate(const std::string& challenge) {
@@ -153,12 +262,12 @@ void RegistryClient::authenticate(const std::string& challenge) {
   auth_ = "Bearer " + token;
 }
 
-HttpResponse RegistryClient::send(HttpRequest req, const BodySink* sink) {
-  bool authed_now = false;
+HttpResponse RegistryClient::send(HttpRequest req, const BodySink* sink, bool with_auth) {
+  bool authed_now = !with_auth;
   for (int attempt = 1;; ++attempt) {
     if (abort_ && abort_()) throw Error(499, "cancelled");
     HttpRequest r = req;
-    if (auth_) r.headers.push_back("Authorization: " + *auth_);
+    if (auth_ && with_auth) r.headers.push_back("Authorization: " + *auth_);
     HttpResponse resp;
     try {
       resp = http_.perform(r, sink);
@@ -197,8 +306,7 @@ HttpResponse RegistryClient::send(HttpRequest req, const BodySink* sink) {
 }
 
 void RegistryClient::fail(const std::string& what, const HttpResponse& r) const {
-  std::string detail = r.body.substr(0, 300);
-  while (!detail.empty() && (detail.back() == '\n' || detail.back() == '\r')) detail.pop_back();
+  std::string detail = excerpt(r);
   std::string msg = fmt::format("{}: registry {} answered {}{}{}", what, ref_.registry, r.status,
                                 detail.empty() ? "" : ": ", detail);
   if (r.status == 404)
@@ -295,7 +403,10 @@ void RegistryClient::upload_blob(const std::string& digest,
   if (r.status != 202) fail(fmt::format("starting the upload of {}", digest), r);
   std::string loc = r.header("location");
   if (loc.empty()) throw Error(502, "the registry did not say where to upload");
-  if (loc[0] == '/') loc = endpoint() + loc;
+  loc = resolve_url(start.url, loc);
+  // The upload location passes the same policy as any URL (HttpClient); the registry's token
+  // goes there only while it stays on the registry's origin.
+  const bool same_origin = parse_url(loc).same_origin(parse_url(endpoint()));
   loc += (loc.find('?') == std::string::npos ? "?" : "&");
   loc += "digest=" + url_escape(digest);
   HttpRequest upload;
@@ -303,7 +414,7 @@ void RegistryClient::upload_blob(const std::string& digest,
   upload.url = loc;
   upload.headers.push_back("Content-Type: application/octet-stream");
   fill_body(upload);
-  HttpResponse done = send(upload);
+  HttpResponse done = send(upload, nullptr, same_origin);
   if (done.status != 201 && done.status != 204) fail(fmt::format("uploading {}", digest), done);
 }
 

@@ -2,6 +2,15 @@
 // anonymous, HTTP basic and bearer-token authentication (the WWW-Authenticate challenge Docker
 // Hub, GHCR and others use), redirects to blob storage, retries with backoff on 429/5xx and
 // transport errors, a pull mirror and plain-http ("insecure") registries.
+//
+// Every connection (the registry, its redirects, the bearer realm, upload locations) passes the
+// operator's policy (net_policy.h): public addresses only unless the host was allowed; plain
+// http only to --insecure-registry hosts and to URLs a plain-http registry or hop sends us to
+// (never an https → http downgrade). Credentials: basic credentials go to the registry and to its
+// bearer realm (wherever that is, as Docker does) but only over https or to an --insecure-registry
+// host, since a plain-http realm is refused otherwise; the registry's token is sent on redirects
+// and upload locations only while they stay on the registry's origin. Error bodies reach messages
+// only as a short printable excerpt with the credentials masked.
 #pragma once
 
 #include <chrono>
@@ -24,15 +33,26 @@ struct Credentials {
 };
 
 struct RegistryConfig {
-  // Registries (host[:port]) spoken to over plain http. Loopback hosts (localhost, 127.0.0.0/8,
-  // [::1]) always are, as in Docker's default configuration.
+  // --insecure-registry: hosts (HOST or HOST:PORT, matched exactly) spoken to over plain http,
+  // and allowed at any address (loopback, private, ...). Nothing is insecure by default, not
+  // even loopback: a local registry must be named.
   std::vector<std::string> insecure;
+  // --allow-registry: hosts allowed at any address, still over https.
+  std::vector<std::string> allowed;
   // Pull mirrors: registry ("docker.io") -> base URL ("http://mirror:5000"). Pulls try the
   // mirror first and fall back to the registry itself.
   std::map<std::string, std::string> mirrors;
   int max_attempts = 5;                    // per request, for 429/5xx and transport errors
   std::chrono::milliseconds backoff{200};  // doubled after each failed attempt, capped at 10 s
-  bool is_insecure(const std::string& host) const;
+  // Throws Error 400 naming the flag for an entry that is not HOST[:PORT] or a bad mirror.
+  void validate() const;
+  // A reference's registry ("127.0.0.1:5000", "ghcr.io") is reached over plain http.
+  bool is_insecure(const std::string& registry) const;
+  // A hop to host:port may use plain http / may connect to non-public addresses: it is an
+  // --insecure-registry (either), an --allow-registry (addresses), or a mirror's URL (its
+  // scheme; addresses).
+  bool plain_http_ok(const std::string& host, int port) const;
+  bool private_ok(const std::string& host, int port) const;
   // "https://registry-1.docker.io", "http://127.0.0.1:5000", ...
   std::string endpoint(const std::string& registry) const;
 };
@@ -72,7 +92,12 @@ class RegistryClient {
   const std::string& endpoint() const { return endpoints_[current_]; }
 
  private:
-  HttpResponse send(HttpRequest req, const BodySink* sink = nullptr);
+  // `with_auth`: add the Authorization in use and answer a 401 challenge (false for a URL
+  // off the registry's origin).
+  HttpResponse send(HttpRequest req, const BodySink* sink = nullptr, bool with_auth = true);
+  HopPermit permit(const UrlParts& url, const UrlParts* from) const;
+  // A short printable excerpt of an error body, credentials masked.
+  std::string excerpt(const HttpResponse& r) const;
   void authenticate(const std::string& challenge);
   void upload_blob(const std::string& digest, const std::function<void(HttpRequest&)>& fill_body);
   std::string repo_url(const std::string& suffix) const;

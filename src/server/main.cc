@@ -75,6 +75,7 @@ struct ServeOptions {
   int64_t max_timeout_s = 3600;
   std::string log_level = "info";
   std::vector<std::string> insecure_registries;
+  std::vector<std::string> allowed_registries;
   std::vector<std::string> registry_mirrors;  // REGISTRY=URL
   std::string runtime = "namespace";          // the default runtime
   std::string runsc;                          // path of runsc ("" = look on PATH)
@@ -189,12 +190,14 @@ int serve(const Paths& paths, const ServeOptions& o) {
   ec.max_import_bytes = o.max_import_mb << 20;
   ec.max_import_entries = o.max_import_entries;
   ec.registry.insecure = o.insecure_registries;
+  ec.registry.allowed = o.allowed_registries;
   for (const auto& m : o.registry_mirrors) {
     auto eq = m.find('=');
     if (eq == std::string::npos || eq == 0 || eq + 1 == m.size())
       throw Error(400, "--registry-mirror wants REGISTRY=URL, e.g. docker.io=http://mirror:5000");
     ec.registry.mirrors[m.substr(0, eq)] = m.substr(eq + 1);
   }
+  ec.registry.validate();
   engine::Engine engine(ec, *meta, layers, *default_runtime);
   for (sandbox::Runtime* r : {runtime.get(), gvisor.get(), microvm.get()})
     if (r && r != default_runtime) engine.add_runtime(*r);
@@ -370,8 +373,13 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--max-timeout", so.max_timeout_s, "largest timeout a run may ask for (s)")
       ->capture_default_str();
   serve_cmd->add_option("--insecure-registry", so.insecure_registries,
-                        "registry host[:port] to reach over plain http (repeatable; loopback "
-                        "registries always are)");
+                        "registry HOST[:PORT] to reach over plain http and at any address "
+                        "(loopback, private, ...); matched exactly, no port = every port "
+                        "(repeatable)");
+  serve_cmd->add_option("--allow-registry", so.allowed_registries,
+                        "registry HOST[:PORT] allowed at loopback, private or link-local "
+                        "addresses, still over https (repeatable); others must resolve to public "
+                        "addresses");
   serve_cmd->add_option("--registry-mirror", so.registry_mirrors,
                         "pull mirror REGISTRY=URL, e.g. docker.io=http://10.0.0.5:5000 "
                         "(repeatable)");

@@ -40,7 +40,9 @@ def coppiced_bin():
 def server(coppiced_bin):
     data = pathlib.Path(tempfile.mkdtemp(prefix="coppice-it-", dir="/var/tmp"))
     admin(data, "image", "bootstrap", "busybox")
-    srv = Server(coppiced_bin, data)
+    # The test registries listen on 127.0.0.1 (any port): coppiced refuses loopback registries
+    # (and plain http) unless the operator names them (test_oci.py tests the refusals).
+    srv = Server(coppiced_bin, data, ["--insecure-registry", "127.0.0.1"])
     srv.token = admin(data, "token", "create", "--project", "alpha")
     srv.other_token = admin(data, "token", "create", "--project", "beta")
     srv.start()

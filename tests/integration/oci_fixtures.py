@@ -12,6 +12,8 @@ What is here:
 * Archives: `make_oci_archive`, `make_docker_save_tar`; readers `unpack_image`,
   `unpack_oci_archive`, `dir_tree`, `image_tree` (a Coppice image over the inspect API).
 * `build_catalog` + session fixture `oci_images`: every shared test image, built once.
+* `FakeHttp`: a scripted HTTP server on any 127.0.0.x address that counts the connections it
+  accepts (to prove a refused connection never happened).
 
 `/usr/bin/python3 tests/integration/oci_fixtures.py` runs a standalone self-check (no coppiced).
 """
@@ -1626,3 +1628,82 @@ def _selfcheck():  # noqa: C901 (a linear script)
 
 if __name__ == "__main__":
     _selfcheck()
+
+
+# ------------------------------------------------------------------------------------------
+# a scripted server on any loopback address
+
+class FakeHttp:
+    """A ThreadingHTTPServer on `addr` (127.0.0.x) whose `respond(handler)` returns
+    (status, {header: value}, body bytes) for each request (default: 200 "{}"). `connections`
+    counts accepted TCP connections, `requests` logs (method, path, headers)."""
+
+    def __init__(self, addr="127.0.0.1", respond=None):
+        self.addr = addr
+        self.respond = respond or (lambda h: (200, {}, b"{}"))
+        self.connections = 0
+        self.requests = []
+        self.lock = threading.Lock()
+        self.httpd = None
+
+    @property
+    def port(self):
+        return self.httpd.server_address[1]
+
+    @property
+    def host(self):
+        return f"{self.addr}:{self.port}"
+
+    @property
+    def url(self):
+        return f"http://{self.host}"
+
+    def start(self):
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def handle_one(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                if n:
+                    self.rfile.read(n)
+                with fake.lock:
+                    fake.requests.append((self.command, self.path, dict(self.headers)))
+                status, headers, body = fake.respond(self)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = handle_one
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def verify_request(self, request, client_address):
+                with fake.lock:
+                    fake.connections += 1
+                return True
+
+        self.httpd = Server((self.addr, 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self):
+        if self.httpd:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,6 +1,7 @@
 """OCI images: import from registries (plain, htpasswd, bearer token, redirects) and archives,
 export as an OCI archive, push to a registry. Registries and images are real (docker-registry,
 umoci, skopeo); see oci_fixtures.py."""
+import base64
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import pytest
 from conftest import COPPICED
 from coppice_client import Client, Server, stdout_of
 from oci_fixtures import (
-    APP_EXPECT, HOSTILE_KINDS, OPAQUE_EXPECT, TokenProxy, base_layer, dir_tree, free_port,
+    APP_EXPECT, HOSTILE_KINDS, OPAQUE_EXPECT, FakeHttp, TokenProxy, base_layer, dir_tree, free_port,
     hostile_layer, image_tree, layers_of, need_tools, push_blob, push_image, push_layout,
     push_unique, skopeo_inspect, tempdir, unique_layer, unpack_image, unpack_oci_archive, which)
 from oci_fixtures import (  # noqa: F401 (pytest fixtures, used by name)
@@ -786,3 +787,106 @@ def test_push_unknown_image(client, registry):
     r = client.post("/v1/images/00000000-0000-4000-8000-000000000000/push",
                     {"registry": {"url": registry.ref("pushed/none", "1")}})
     assert r.status == 404
+
+
+# ------------------------------------------------------------------------------------------
+# where coppiced may connect (SSRF): every connection, redirect, realm and upload location
+# The session server runs with --insecure-registry 127.0.0.1; other loopback addresses and
+# names stand for what a tenant must not reach (internal services, metadata). Nothing here
+# sends a packet off the machine: every address is 127.0.0.x.
+
+POLICY_WORDS = ("--insecure-registry", "--allow-registry", "loopback")
+
+
+def assert_refused_by_policy(op):
+    assert op["status"] == "FAILED" and op["result_image_uuid"] is None, op
+    assert all(w in op["error"] for w in POLICY_WORDS), op["error"]
+
+
+def test_registry_at_a_non_public_address_needs_the_operators_flag(client):
+    """Any host could be named, and loopback hosts got plain http by prefix. Now a registry
+    at a loopback (private, link-local, metadata, ...) address is refused unless the operator
+    allows exactly that host: another loopback address, or `localhost` (a different name for
+    the allowed 127.0.0.1), is refused before any connection is made."""
+    with FakeHttp("127.0.0.3") as elsewhere, FakeHttp("127.0.0.1") as by_name:
+        for ref in (f"docker://{elsewhere.host}/x/y:1", f"docker://localhost:{by_name.port}/x/y:1"):
+            op = do_import(client, ref, timeout=60)
+            assert_refused_by_policy(op)
+        assert elsewhere.connections == 0 and by_name.connections == 0
+        # Allowed by the operator (127.0.0.1): reached, over plain http.
+        op = do_import(client, f"docker://{by_name.host}/x/y:1", timeout=60)
+        assert op["status"] == "FAILED" and by_name.connections >= 1
+        assert by_name.requests[0][:2] == ("GET", "/v2/")
+
+
+def test_redirect_to_a_non_allowed_address_is_refused(client):
+    """Redirects were followed to any address."""
+    with FakeHttp("127.0.0.2") as target:
+        def respond(h):
+            if h.path == "/v2/":
+                return 200, {}, b"{}"
+            return 307, {"Location": f"{target.url}/internal{h.path}"}, b""
+
+        with FakeHttp("127.0.0.1", respond) as reg:
+            op = do_import(client, f"docker://{reg.host}/x/y:1", timeout=60)
+            assert_refused_by_policy(op)
+            assert "127.0.0.2" in op["error"]
+            assert any(p.startswith("/v2/x/y/manifests/") for _, p, _ in reg.requests)
+        assert target.connections == 0
+
+
+def test_bearer_realm_at_a_non_allowed_address_is_refused(client):
+    """The bearer realm could be any URL, and the credentials were sent there."""
+    with FakeHttp("127.0.0.2") as realm:
+        def respond(h):
+            return 401, {"WWW-Authenticate":
+                         f'Bearer realm="{realm.url}/token",service="svc"'}, b"{}"
+
+        with FakeHttp("127.0.0.1", respond) as reg:
+            op = do_import(client, f"docker://{reg.host}/x/y:1", creds=("user", "pw-0123456789"),
+                           timeout=60)
+            assert_refused_by_policy(op)
+            assert "pw-0123456789" not in json.dumps(op)
+        assert realm.connections == 0
+
+
+def test_push_location_at_a_non_allowed_address_is_refused(client, busybox):
+    """A push's upload Location could point anywhere."""
+    with FakeHttp("127.0.0.2") as target:
+        def respond(h):
+            if h.command == "HEAD":
+                return 404, {}, b""
+            if h.command == "POST":
+                return 202, {"Location": f"{target.url}/upload/1"}, b""
+            return 200, {}, b"{}"
+
+        with FakeHttp("127.0.0.1", respond) as reg:
+            op = client.wait(start_push(client, busybox, f"docker://{reg.host}/p/q:1"), 120)
+            assert op["status"] == "FAILED", op
+            assert all(w in op["error"] for w in POLICY_WORDS), op["error"]
+            assert any(m == "POST" for m, _, _ in reg.requests)
+        assert target.connections == 0
+
+
+def test_registry_error_bodies_reach_the_operation_only_as_a_short_excerpt(client):
+    """Error bodies were copied into the operation's error (300 bytes, control characters and
+    echoed credentials included)."""
+    password = "hunter2-0123456789"
+    basic = base64.b64encode(f"user:{password}".encode()).decode()
+
+    def respond(h):
+        if h.headers.get("Authorization") is None:
+            return 401, {"WWW-Authenticate": 'Basic realm="r"'}, b""
+        if h.path == "/v2/":
+            return 200, {}, b"{}"
+        body = ("internal \x1b[31mdebug\x00 dump: auth=" + h.headers["Authorization"] +
+                " pw=" + password + " " + "A" * 5000).encode()
+        return 404, {"Content-Type": "text/plain"}, body
+
+    with FakeHttp("127.0.0.1", respond) as reg:
+        op = do_import(client, f"docker://{reg.host}/x/y:1", creds=("user", password), timeout=60)
+    assert op["status"] == "FAILED", op
+    err = op["error"]
+    assert "404" in err and "internal" in err, err
+    assert password not in err and basic not in err and "<MASKED>" in err, err
+    assert len(err) < 500 and all(32 <= ord(c) < 127 for c in err), repr(err)

@@ -1,6 +1,8 @@
 // Drives `coppice mcp` with the official MCP TypeScript SDK, as an agent would.
 //   node scenario.mjs stdio  COPPICE_BIN            (env: COPPICE_URL, COPPICE_TOKEN, COPPICE_HOME)
-//   node scenario.mjs http   http://127.0.0.1:PORT/mcp
+//   node scenario.mjs http   http://127.0.0.1:PORT/mcp   (env MCP_TOKEN: the bearer secret)
+// env MCP_FILE_ROOT: the server's --file-root (stdio: passed to it; http: it was started so);
+// the local files of the scenario are made under it.
 // Optional env REGISTRY_REF, REGISTRY_USER, REGISTRY_PASSWORD: a private image to import.
 // Prints one line per check; exits non-zero on the first failure.
 import assert from "node:assert/strict";
@@ -14,6 +16,8 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { LATEST_PROTOCOL_VERSION } from "@modelcontextprotocol/sdk/types.js";
 
 const [mode, target] = process.argv.slice(2);
+const fileRoot = process.env.MCP_FILE_ROOT;
+assert.ok(fileRoot, "MCP_FILE_ROOT is required");
 const EXPECTED_TOOLS = ["run", "rsync", "upload", "download", "import_image", "registry_auth",
   "list_images", "get_image", "set_tag", "list_files", "read_file", "get_operation",
   "list_operations", "wait_operations", "cancel_operation", "get_guide", "whoami", "grep"];
@@ -41,9 +45,15 @@ async function toolError(client, name, args, mention) {
 const client = new Client({ name: "coppice-scenario", version: "1.0.0" });
 let transport;
 if (mode === "stdio") {
-  transport = new StdioClientTransport({ command: target, args: ["mcp"], env: process.env, stderr: "inherit" });
+  transport = new StdioClientTransport({ command: target, args: ["mcp", "--file-root", fileRoot], env: process.env, stderr: "inherit" });
 } else {
-  transport = new StreamableHTTPClientTransport(new URL(target));
+  assert.ok(process.env.MCP_TOKEN, "MCP_TOKEN is required over http");
+  // Without the bearer secret the server answers 401 and the SDK cannot connect.
+  const bare = new Client({ name: "coppice-scenario-no-token", version: "1.0.0" });
+  await assert.rejects(bare.connect(new StreamableHTTPClientTransport(new URL(target))), (e) => e.code === 401);
+  transport = new StreamableHTTPClientTransport(new URL(target), {
+    requestInit: { headers: { Authorization: `Bearer ${process.env.MCP_TOKEN}` } },
+  });
 }
 await client.connect(transport);
 assert.equal(client.getServerVersion().name, "coppice");
@@ -86,6 +96,7 @@ ok("resources, templates, prompts");
 
 const me = await tool(client, "whoami", {});
 assert.ok(me.server_url);
+assert.equal(me.file_root, fs.realpathSync(fileRoot));
 const g = await tool(client, "get_guide", { section: "quickstart" });
 assert.match(g.content, /Quickstart/);
 const imgs = await tool(client, "list_images", { tagged: true });
@@ -133,10 +144,13 @@ assert.equal(listing.files[0].type, "file");
 const found = await tool(client, "grep", { image: r2.result_image, pattern: "tw.", path: "/work" });
 assert.equal(found.count, 1);
 assert.equal(found.matches[0].path, "/work/state");
-const dest = fs.mkdtempSync(path.join(os.tmpdir(), "coppice-mcp-"));
+const dest = fs.mkdtempSync(path.join(fileRoot, "coppice-mcp-"));
 const dl = await tool(client, "download", { image: r1.result_image, path: "/work/state", destination: path.join(dest, "state.txt"), executable: true });
 assert.equal(fs.readFileSync(dl.destination, "utf8"), "base\none\n");
 assert.ok(fs.statSync(dl.destination).mode & 0o100);
+const dlRel = await tool(client, "download", { image: r1.result_image, path: "/work/state", destination: path.relative(fileRoot, dest) + "/new/" });
+assert.equal(dlRel.destination, path.join(fs.realpathSync(dest), "new", "state"));
+assert.equal(fs.statSync(dlRel.destination).mode & 0o777, 0o644 & ~process.umask());
 ok("list_files, grep, download");
 
 // Files: upload once, inject; rsync a directory, then only what changed.
@@ -146,7 +160,7 @@ assert.equal(up.uuid, up2.uuid);
 const withFile = await tool(client, "run", { image: "busybox:latest", command: "cat /in/hello.txt; stat -c %a /in/hello.txt",
   files: { "/in/hello.txt": { uuid: up.uuid, mode: "0600" } } });
 assert.equal(withFile.stdout, "hello file\n600\n");
-const src = fs.mkdtempSync(path.join(os.tmpdir(), "coppice-mcp-src-"));
+const src = fs.mkdtempSync(path.join(fileRoot, "coppice-mcp-src-"));
 fs.mkdirSync(path.join(src, "pkg"));
 fs.mkdirSync(path.join(src, ".git"));
 fs.writeFileSync(path.join(src, "main.sh"), "echo main\n", { mode: 0o755 });
@@ -228,8 +242,24 @@ await toolError(client, "list_files", { image: A, path: "/nope/deeper" }, /does 
 await toolError(client, "get_operation", { operation_id: "00000000-0000-4000-8000-000000000000" }, /list_operations/);
 await toolError(client, "run", { image: "busybox:latest", command: "true", directory_state_id: 999999 }, /rsync/);
 await toolError(client, "run", { image: "busybox:latest", command: "true", cwd: "/does/not/exist" });
-await toolError(client, "download", { image: A, path: "/work/state", destination: "relative/path" }, /absolute/);
-await toolError(client, "rsync", { source: "/definitely/not/here", destination: "/src" }, /not a local directory/);
+// Local files: only under the file root, never through a symlink.
+const outside = fs.mkdtempSync(path.join(os.tmpdir(), "coppice-mcp-outside-"));
+fs.writeFileSync(path.join(outside, "secret"), "outside secret\n");
+fs.symlinkSync(path.join(outside, "secret"), path.join(dest, "to-secret"));
+fs.symlinkSync(outside, path.join(dest, "to-outside"));
+await toolError(client, "download", { image: A, path: "/work/state", destination: path.join(outside, "x") }, /outside the file root/);
+await toolError(client, "download", { image: A, path: "/work/state", destination: path.join(dest, "to-secret") }, /symlink/);
+await toolError(client, "download", { image: A, path: "/work/state", destination: path.join(dest, "to-outside", "x") }, /symlink/);
+await toolError(client, "download", { image: A, path: "/work/state", destination: path.join(dest, "..", "..", "..", "..", "..", "..", "x") }, /outside the file root|\.\./);
+await toolError(client, "upload", { path: path.join(outside, "secret") }, /outside the file root/);
+await toolError(client, "upload", { path: path.join(dest, "to-secret") }, /symlink/);
+await toolError(client, "upload", { path: path.join(dest, "to-outside", "secret") }, /symlink/);
+await toolError(client, "rsync", { source: path.join(dest, "to-outside"), destination: "/src" }, /symlink/);
+await toolError(client, "rsync", { source: "/definitely/not/here", destination: "/src" }, /outside the file root/);
+await toolError(client, "rsync", { source: path.join(fileRoot, "definitely-not-here"), destination: "/src" }, /not a local directory/);
+assert.equal(fs.readFileSync(path.join(outside, "secret"), "utf8"), "outside secret\n");
+assert.deepEqual(fs.readdirSync(outside), ["secret"]);
+fs.rmSync(outside, { recursive: true });
 await toolError(client, "rsync", { source: src, destination: "/src/../../etc" }, /\.\./);
 await toolError(client, "import_image", { registry_url: "docker://127.0.0.1:1/x:1" }, /registry_auth|anonymous/);
 await toolError(client, "get_guide", { section: "nonsense" }, /one of/);
