@@ -118,10 +118,19 @@ def main():
             t.join()
         t_spawned = time.time() - t0
         # Until every run is EXECUTING (or finished): the listing counts them.
-        executing = 0
+        # Until every run is EXECUTING at once. A run that already ended means --sleep was too
+        # short for this many starts: reported, and the peak is what counts.
+        executing = peak = 0
         while time.time() < deadline:
             executing = count_status(c, "EXECUTING", problems)
-            if executing is None or executing >= len(ops):
+            if executing is None:
+                break
+            peak = max(peak, executing)
+            if executing >= len(ops):
+                break
+            if count_status(c, "SUCCESS", problems):
+                problems.append(f"runs ended before all {len(ops)} were executing (peak {peak}): "
+                                "use a longer --sleep")
                 break
             time.sleep(0.5)
         t_all = time.time() - t0
@@ -142,7 +151,7 @@ def main():
         report = {
             "sandboxes": n, "runtime": args.runtime, "accepted": len(ops),
             "spawn_requests_s": round(t_spawned, 1), "all_executing_s": round(t_all, 1),
-            "executing_seen": executing, "retries_429_503": retries[0],
+            "executing_peak": peak, "retries_429_503": retries[0],
             "server_rss_mib": round(rss / 1024, 1), "server_fds": fds,
             "host_mem_per_sandbox_kib": round((mem0 - mem1) / max(1, len(ops)), 1),
             "statuses": statuses, "problems": problems[:10],

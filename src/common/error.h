@@ -37,8 +37,15 @@ inline Error internal(std::string m) {
   return Error(500, std::move(m));
 }
 
-// An internal error that appends strerror(errno) to `what`.
+// An error that appends strerror(errno) to `what`: 500, or 503 (try again later) when the host
+// ran short of a resource (descriptors, processes, memory), which is no fault of the request.
+inline bool is_resource_shortage(int err) {
+  return err == EMFILE || err == ENFILE || err == ENOMEM || err == EAGAIN;
+}
 inline Error sys_error(const std::string& what, int err = errno) {
+  if (is_resource_shortage(err))
+    return Error(503, fmt::format("{}: {} (the host is short of resources; try again later)", what,
+                                  std::strerror(err)));
   return Error(500, fmt::format("{}: {}", what, std::strerror(err)));
 }
 

@@ -7,7 +7,10 @@
 #include <sys/statvfs.h>
 #include <sys/utsname.h>
 
+#include <algorithm>
+#include <chrono>
 #include <set>
+#include <thread>
 
 #include "common/base64.h"
 #include "common/clock.h"
@@ -619,6 +622,37 @@ void Engine::worker_loop() {
   }
 }
 
+// Runs the sandbox of `spec`. One that could not be set up for lack of a host resource
+// (descriptors, processes, memory: sys_error's 503) before its command started waits and is
+// tried again in a fresh run directory, so that a burst past the host's capacity queues instead
+// of failing; the resource frees up as other sandboxes end. A cancel, or kMaxResourceWait,
+// ends the waiting with the last error.
+sandbox::RunResult run_sandbox(sandbox::Runtime& runtime, sandbox::RunSpec& spec,
+                               EventObserver& obs, LiveOperation& op, store::LayerStore& layers) {
+  constexpr auto kMaxResourceWait = std::chrono::seconds(120);
+  const auto give_up = std::chrono::steady_clock::now() + kMaxResourceWait;
+  auto backoff = std::chrono::milliseconds(20);
+  for (int attempt = 1;; ++attempt) {
+    try {
+      return runtime.run(spec, obs, op.cancel_token());
+    } catch (const Error& e) {
+      layers.release_run_dir(spec.run_dir, false);
+      if (e.status() != 503 || obs.pid() > 0 || op.cancel_token().cancelled() ||
+          std::chrono::steady_clock::now() + backoff > give_up)
+        throw;
+      if (attempt == 1 || attempt % 10 == 0)
+        spdlog::warn("op={} waits for host resources (attempt {}): {}", op.record().uuid, attempt,
+                     e.what());
+    } catch (...) {
+      layers.release_run_dir(spec.run_dir, false);
+      throw;
+    }
+    std::this_thread::sleep_for(backoff);
+    backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::seconds(2));
+    spec.run_dir = layers.acquire_run_dir(op.record().uuid);
+  }
+}
+
 void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnRequest& req) {
   const std::string op_uuid = op->record().uuid;
   const std::string project = op->record().project;
@@ -687,14 +721,8 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
               {"runtime", runtime.name()}});
 
   EventObserver obs(*op, req);
-  sandbox::RunResult res;
   const int64_t t_run = now_us();
-  try {
-    res = runtime.run(spec, obs, op->cancel_token());
-  } catch (...) {
-    layers_.release_run_dir(spec.run_dir, false);
-    throw;
-  }
+  sandbox::RunResult res = run_sandbox(runtime, spec, obs, *op, layers_);
   const int64_t t_ran = now_us();
   // The point of no return: from here a cancel is refused, and one accepted before (even
   // after the command ended by itself) ends the run CANCELLED without a result image.
