@@ -12,9 +12,15 @@
 
 namespace coppice::api {
 
+// The largest `limit` of a paged listing (images, operations, files).
+inline constexpr int64_t kMaxListLimit = 1000;
+
 struct ApiConfig {
   uint64_t max_json_body = 16 << 20;  // bytes
   uint64_t max_upload = 1ull << 30;   // bytes per POST /v1/files
+  // Bytes of JSON (or text) a grep answer or a directory listing may hold; past it the answer
+  // is cut and says so (`truncated`).
+  uint64_t max_response_bytes = 8 << 20;
   int sse_keepalive_s = 15;
   std::vector<std::string> runtimes{"namespace"};
   // Facts per runtime for whoami's `runtime_details` (e.g. the microVM's accelerator).
@@ -40,7 +46,8 @@ class Api {
 
   // Endpoint groups, one file each.
   void whoami(Exchange& ex);
-  void images(Exchange& ex);      // api/images_routes.cc
+  void images(Exchange& ex);  // api/images_routes.cc
+  void export_now(Exchange& ex, const std::string& image_uuid);
   void files(Exchange& ex);       // api/files_routes.cc
   void instances(Exchange& ex);   // api/operations_routes.cc
   void operations(Exchange& ex);  // api/operations_routes.cc
