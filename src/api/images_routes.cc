@@ -94,7 +94,7 @@ void Api::export_now(Exchange& ex, const std::string& image_uuid) {
     if (!live->wait_finished(std::chrono::seconds(timeout_s + 60))) {
       try {
         engine_.cancel(ex.project, rec.uuid);
-      } catch (const Error&) {
+      } catch (const Error&) {  // it finished meanwhile: its archive is dropped below
       }
       throw Error(504, fmt::format("export {} did not finish in {} s", rec.uuid, timeout_s + 60));
     }
