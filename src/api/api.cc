@@ -25,6 +25,18 @@ void Api::handle(Exchange& ex) {
     authenticate(ex);
     route(ex);
     if (!ex.responded()) throw not_found("no such endpoint");
+  } catch (const engine::QueueFull& e) {
+    // A queue cap: the body names the limit, Retry-After says when a slot is likely free.
+    if (!ex.responded())
+      ex.reply_json(429,
+                    {{"error", e.what()},
+                     {"status", 429},
+                     {"limit", e.limit()},
+                     {"limit_value", e.value()},
+                     {"retry_after", e.retry_after_s()}},
+                    {{"Retry-After", std::to_string(e.retry_after_s())}});
+    else
+      ex.abort();
   } catch (const Error& e) {
     if (!ex.responded())
       ex.reply_error(e.status(), e.what());
@@ -113,15 +125,32 @@ void Api::whoami(Exchange& ex) {
   json perms = {{"spawn", true},  {"spawn_disposable", true}, {"list", true},
                 {"cancel", true}, {"import", true},           {"set_image_tag", true}};
   const auto& cfg = engine_.config();
+  // The contract's keys first; the rest are Coppice extensions (docs/API.md). All integers.
+  json limits = {{"instance_max_timeout", cfg.limits.max_timeout_s},
+                 {"instance_max_concurrency", cfg.project_max_running},
+                 {"images_import_max_timeout", cfg.max_import_timeout_s},
+                 {"instance_max_memory_bytes", cfg.limits.max_memory_bytes},
+                 {"instance_max_pids", cfg.limits.max_pids},
+                 {"instance_max_cpus", cfg.limits.max_cpus},
+                 {"instance_max_truncate_output_at", cfg.limits.max_truncate},
+                 {"instance_max_stdin_bytes", cfg.limits.max_stdin},
+                 {"project_max_running", cfg.project_max_running},
+                 {"project_max_queued", cfg.project_max_queued},
+                 {"server_max_queued", cfg.max_queue},
+                 {"server_workers", cfg.workers},
+                 {"export_max_bytes", cfg.max_export_bytes},
+                 {"export_ttl", cfg.export_ttl_s},
+                 {"list_max_limit", kMaxListLimit},
+                 {"response_max_bytes", cfg_.max_response_bytes},
+                 {"upload_max_bytes", cfg_.max_upload},
+                 {"json_body_max_bytes", cfg_.max_json_body}};
+  auto counts = engine_.project_counts(ex.project);
   ex.reply_json(
       200, {{"token_uuid", ex.token_uuid},
             {"token_expiration", token_expiration(ex.token_uuid)},
             {"permissions", perms},
-            {"limits",
-             {{"instance_max_timeout", cfg.limits.max_timeout_s},
-              {"instance_max_concurrency", cfg.workers},
-              {"images_import_max_timeout", 3600}}},
-            {"operations_stat", json::object()},
+            {"limits", limits},
+            {"operations_stat", {{"queued", counts.queued}, {"running", counts.running}}},
             {"project", ex.project},
             {"runtimes", cfg_.runtimes},
             {"runtime_details", cfg_.runtime_details ? cfg_.runtime_details() : json::object()}});
@@ -132,8 +161,8 @@ store::Page parse_page(const Query& q) {
   if (auto l = q.get("limit")) {
     char* end = nullptr;
     long long v = std::strtoll(l->c_str(), &end, 10);
-    if (l->empty() || *end || v < 1 || v > 1000)
-      throw bad_request("limit must be between 1 and 1000");
+    if (l->empty() || *end || v < 1 || v > kMaxListLimit)
+      throw bad_request(fmt::format("limit must be between 1 and {}", kMaxListLimit));
     p.limit = v;
   }
   if (auto o = q.get("offset")) {

@@ -13,9 +13,15 @@
 
 namespace coppice::api {
 
+// The largest `limit` of a paged listing (images, operations, files).
+inline constexpr int64_t kMaxListLimit = 1000;
+
 struct ApiConfig {
   uint64_t max_json_body = 16 << 20;  // bytes
   uint64_t max_upload = 1ull << 30;   // bytes per POST /v1/files
+  // Bytes of JSON (or text) a grep answer or a directory listing may hold; past it the answer
+  // is cut and says so (`truncated`).
+  uint64_t max_response_bytes = 8 << 20;
   int sse_keepalive_s = 15;
   // How long a token checked against the database is trusted without checking again: a
   // token revoked or deleted by `coppiced token revoke` (another process) stops working
@@ -48,7 +54,8 @@ class Api {
   void whoami(Exchange& ex);
   // whoami's `token_expiration`: Unix seconds, or null when the token never expires.
   nlohmann::json token_expiration(const std::string& token_uuid);
-  void images(Exchange& ex);      // api/images_routes.cc
+  void images(Exchange& ex);  // api/images_routes.cc
+  void export_now(Exchange& ex, const std::string& image_uuid);
   void files(Exchange& ex);       // api/files_routes.cc
   void instances(Exchange& ex);   // api/operations_routes.cc
   void operations(Exchange& ex);  // api/operations_routes.cc

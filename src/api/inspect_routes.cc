@@ -50,11 +50,20 @@ void Api::inspect(Exchange& ex) {
   if (s.size() != 3) throw not_found("no such endpoint");
   store::LayerView view(engine_.image_layers(*img), engine_.config().uid_shift);
   const std::string& what = s[2];
+  // Listings and grep answers are cut at max_bytes (the server's --max-response-mb, or less
+  // when the client asks) and say so.
+  const auto max_bytes = static_cast<int64_t>(cfg_.max_response_bytes);
   if (what == "list") {
     std::string path = required_path(ex);
+    inspect::ListOptions o;
+    o.offset = int_param(ex, "offset", 0, 0, INT64_MAX);
+    if (ex.query().has("limit"))
+      o.limit = int_param(ex, "limit", 0, 1, static_cast<int64_t>(inspect::kMaxListNames));
+    o.max_bytes = static_cast<uint64_t>(
+        int_param(ex, "max_bytes", max_bytes, inspect::kMinResponseBytes, max_bytes));
     if (ex.query().has("text"))
-      return ex.reply(200, inspect::list_text(view, path), "text/plain; charset=utf-8");
-    return ex.reply_json(200, inspect::list_json(view, path));
+      return ex.reply(200, inspect::list_text(view, path, o), "text/plain; charset=utf-8");
+    return ex.reply(200, inspect::list_response(view, path, o), "application/json");
   }
   if (what == "download") {
     auto fh = inspect::open_download(view, required_path(ex));
@@ -105,7 +114,9 @@ void Api::inspect(Exchange& ex) {
       throw bad_request("case must be sensitive, insensitive or smart");
     q.before = static_cast<int>(int_param(ex, "before", 0, 0, 100));
     q.after = static_cast<int>(int_param(ex, "after", 0, 0, 100));
-    return ex.reply_json(200, inspect::grep(view, q));
+    q.max_bytes = int_param(ex, "max_bytes", max_bytes, inspect::kMinResponseBytes, max_bytes);
+    q.max_line_bytes = int_param(ex, "max_line_bytes", 4096, 1, 1 << 20);
+    return ex.reply(200, inspect::grep_response(view, q), "application/json");
   }
   throw not_found("no such endpoint");
 }

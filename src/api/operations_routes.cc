@@ -1,4 +1,4 @@
-// POST /v1/instances, /v1/operations[/{id}[/events]] (contract §2.6, §2.7, §3).
+// POST /v1/instances, /v1/operations[/{id}[/events|/archive]] (contract §2.6, §2.7, §3).
 #include <fmt/format.h>
 
 #include <limits>
@@ -6,6 +6,7 @@
 #include "api/api.h"
 #include "common/clock.h"
 #include "common/error.h"
+#include "oci/exporter.h"
 
 namespace coppice::api {
 
@@ -58,8 +59,8 @@ void Api::operations(Exchange& ex) {
       f.status = *st;
     }
     if (auto k = ex.query().get("kind"); k && !k->empty()) {
-      if (*k != "instance" && *k != "image_import" && *k != "image_push")
-        throw bad_request("kind must be instance, image_import or image_push");
+      if (*k != "instance" && *k != "image_import" && *k != "image_push" && *k != "image_export")
+        throw bad_request("kind must be instance, image_import, image_push or image_export");
       f.kind = *k;
     }
     // The store keeps an active operation as PENDING until it ends; its live state (ASSIGNED,
@@ -107,6 +108,18 @@ void Api::operations(Exchange& ex) {
   if (s.size() == 3 && s[2] == "events") {
     if (ex.method() != http::verb::get) throw Error(405, "method not allowed");
     return events(ex, id);
+  }
+  if (s.size() == 3 && s[2] == "archive") {
+    // The OCI archive of a finished image_export operation (docs/API.md).
+    if (ex.method() != http::verb::get) throw Error(405, "method not allowed");
+    auto archive = engine_.export_archive(ex.project, id);
+    ex.begin_stream(200, "application/x-tar",
+                    {{"Content-Disposition",
+                      fmt::format("attachment; filename=\"{}.oci.tar\"", archive->image_uuid)},
+                     {"Docker-Content-Digest", archive->built.manifest_digest}});
+    oci::write_oci_archive(archive->built, archive->ref_name,
+                           [&](std::string_view chunk) { ex.write(chunk); });
+    return ex.end_stream();
   }
   if (s.size() >= 3 && s[2] == "subprocesses")
     throw Error(501, "subprocesses are not supported by this server yet");

@@ -184,6 +184,7 @@ TreeSize tree_size(const fs::path& p) {
         if (st.st_nlink > 1 && !S_ISDIR(st.st_mode) && !seen.insert({st.st_dev, st.st_ino}).second)
           return;
         ts.bytes += static_cast<uint64_t>(st.st_blocks) * 512;
+        if (S_ISREG(st.st_mode)) ts.apparent_bytes += static_cast<uint64_t>(st.st_size);
       },
       [](int, const std::string&) {});
   return ts;

@@ -27,6 +27,7 @@ void write_file_atomic(const fs::path& p, std::string_view data, bool durable = 
 struct TreeSize {
   uint64_t bytes = 0;
   uint64_t entries = 0;
+  uint64_t apparent_bytes = 0;  // sum of st_size of regular files: a sparse file counts in full
 };
 TreeSize tree_size(const fs::path& p);
 // Recursively chowns every entry below and including `p` by adding `shift` to its uid and gid

@@ -225,9 +225,26 @@ json instance_result_json(const sandbox::RunResult& r, const std::string& out, b
           {"stderr", stream_repr(err, err_trunc)}};
 }
 
+namespace {
+EngineConfig resolved(EngineConfig cfg) {
+  if (cfg.workers == 0) cfg.workers = 1;
+  if (cfg.project_max_running == 0) cfg.project_max_running = std::max<size_t>(1, cfg.workers / 2);
+  if (cfg.limits.max_cpus == 0)
+    cfg.limits.max_cpus = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  return cfg;
+}
+SchedulerLimits scheduler_limits(const EngineConfig& cfg) {
+  return {cfg.workers, cfg.max_queue, cfg.project_max_queued, cfg.project_max_running};
+}
+}  // namespace
+
 Engine::Engine(EngineConfig cfg, store::MetaStore& meta, store::LayerStore& layers,
                sandbox::Runtime& runtime)
-    : cfg_(std::move(cfg)), meta_(meta), layers_(layers), runtime_(runtime) {
+    : cfg_(resolved(std::move(cfg))),
+      meta_(meta),
+      layers_(layers),
+      runtime_(runtime),
+      scheduler_(scheduler_limits(cfg_)) {
   runtimes_[runtime.name()] = &runtime;
 }
 
@@ -264,41 +281,31 @@ void Engine::recover() {
 }
 
 void Engine::start() {
-  std::lock_guard lk(mu_);
-  stopping_ = false;
-  for (size_t i = 0; i < cfg_.workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+  scheduler_.start();
   std::lock_guard flk(flat_mu_);
   flat_stopping_ = false;
   flattener_ = std::thread([this] { flatten_loop(); });
 }
 
 void Engine::shutdown(std::chrono::milliseconds deadline) {
-  std::deque<Job> dropped;
-  {
-    std::lock_guard lk(mu_);
-    if (stopping_ && workers_.empty()) return;
-    stopping_ = true;
-    dropped.swap(queue_);
-  }
-  cv_.notify_all();
-  for (auto& j : dropped) {
-    finish(
-        j.op,
-        [](OperationRecord& r) {
-          r.status = "CANCELLED";
-          r.error = "cancelled: the server is shutting down";
-        },
-        std::nullopt);
+  for (auto& t : scheduler_.stop()) {
+    if (auto op = live(t.id))
+      finish(
+          op,
+          [](OperationRecord& r) {
+            r.status = "CANCELLED";
+            r.error = "cancelled: the server is shutting down";
+          },
+          std::nullopt);
   }
   auto until = std::chrono::steady_clock::now() + deadline;
-  while (running_.load() > 0 && std::chrono::steady_clock::now() < until)
+  while (scheduler_.running() > 0 && std::chrono::steady_clock::now() < until)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  if (running_.load() > 0) {
+  if (scheduler_.running() > 0) {
     std::lock_guard lk(mu_);
     for (auto& [id, op] : live_) op->cancel_token().cancel();
   }
-  for (auto& t : workers_) t.join();
-  workers_.clear();
+  scheduler_.join();
   {
     std::lock_guard lk(flat_mu_);
     flat_stopping_ = true;
@@ -358,16 +365,14 @@ OperationRecord Engine::spawn(const std::string& project, const json& body) {
 
 void Engine::enqueue(const OperationRecord& rec, Job job) {
   job.op = std::make_shared<LiveOperation>(rec);
-  {
-    std::lock_guard lk(mu_);
-    if (stopping_) throw Error(503, "the server is shutting down");
-    if (queue_.size() >= cfg_.max_queue)
-      throw Error(429, fmt::format("too many queued operations ({})", queue_.size()));
+  auto shared = std::make_shared<const Job>(std::move(job));
+  // The row and the live object exist before a worker can take the task; a refused task
+  // (queue caps, shutdown) leaves neither.
+  scheduler_.submit({rec.uuid, rec.project, [this, shared] { run_job(*shared); }}, [&] {
     meta_.insert_operation(rec);
-    live_[rec.uuid] = job.op;
-    queue_.push_back(std::move(job));
-  }
-  cv_.notify_one();
+    std::lock_guard lk(mu_);
+    live_[rec.uuid] = shared->op;
+  });
 }
 
 OperationRecord Engine::import_image(const std::string& project, const json& body) {
@@ -557,68 +562,52 @@ std::shared_ptr<LiveOperation> Engine::live(const std::string& uuid) {
 void Engine::cancel(const std::string& project, const std::string& uuid) {
   auto rec = operation(project, uuid);
   if (!rec) throw not_found(fmt::format("operation not found: {}", uuid));
-  std::shared_ptr<LiveOperation> queued;
+  std::shared_ptr<LiveOperation> op;
   {
     std::lock_guard lk(mu_);
     auto it = live_.find(uuid);
     if (it == live_.end() || is_terminal(it->second->record().status))
       throw conflict("operation is not cancellable");
-    for (auto q = queue_.begin(); q != queue_.end(); ++q) {
-      if (q->op->record().uuid == uuid) {
-        queued = q->op;
-        queue_.erase(q);
-        break;
-      }
-    }
-    // A running operation takes the cancel only before its point of no return (the result
-    // being recorded): then it ends CANCELLED; after it, the cancel is refused.
-    if (!queued && !it->second->request_cancel()) throw conflict("operation is not cancellable");
+    op = it->second;
   }
-  if (queued)
+  // A queued operation leaves its queue and ends CANCELLED here. A running one (or one a
+  // worker took meanwhile) takes the cancel only before its point of no return (the result
+  // being recorded): then it ends CANCELLED; after it, the cancel is refused.
+  if (scheduler_.remove(uuid))
     finish(
-        queued, [](OperationRecord& r) { r.status = "CANCELLED"; }, std::nullopt);
+        op, [](OperationRecord& r) { r.status = "CANCELLED"; }, std::nullopt);
+  else if (!op->request_cancel())
+    throw conflict("operation is not cancellable");
   spdlog::info("op={} cancel requested", uuid);
 }
 
-void Engine::worker_loop() {
-  for (;;) {
-    Job job;
-    {
-      std::unique_lock lk(mu_);
-      cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
-      if (queue_.empty()) return;
-      job = std::move(queue_.front());
-      queue_.pop_front();
-      running_++;
-    }
+void Engine::run_job(const Job& job) {
+  try {
+    if (job.task)
+      job.task(job.op);
+    else
+      execute(job.op, job.req);
+  } catch (const std::exception& e) {
+    // A cancel the server accepted ends the operation CANCELLED, whatever the interrupted
+    // work threw on its way out (a sandbox killed in the middle of its setup, say).
+    const bool cancelled = job.op->cancel_token().cancelled();
+    if (cancelled)
+      spdlog::warn("op={} cancelled; it stopped with: {}", job.op->record().uuid, e.what());
+    else
+      spdlog::error("op={} failed: {}", job.op->record().uuid, e.what());
+    std::string what = e.what();
     try {
-      if (job.task)
-        job.task(job.op);
-      else
-        execute(job.op, job.req);
-    } catch (const std::exception& e) {
-      // A cancel the server accepted ends the operation CANCELLED, whatever the interrupted
-      // work threw on its way out (a sandbox killed in the middle of its setup, say).
-      const bool cancelled = job.op->cancel_token().cancelled();
-      if (cancelled)
-        spdlog::warn("op={} cancelled; it stopped with: {}", job.op->record().uuid, e.what());
-      else
-        spdlog::error("op={} failed: {}", job.op->record().uuid, e.what());
-      std::string what = e.what();
-      try {
-        if (!job.op->finished())
-          finish(
-              job.op,
-              [&](OperationRecord& r) {
-                r.status = cancelled ? "CANCELLED" : "FAILED";
-                if (!cancelled) r.error = what;
-              },
-              std::nullopt);
-      } catch (const std::exception& e2) {
-        spdlog::error("op={} could not be recorded: {}", job.op->record().uuid, e2.what());
-      }
+      if (!job.op->finished())
+        finish(
+            job.op,
+            [&](OperationRecord& r) {
+              r.status = cancelled ? "CANCELLED" : "FAILED";
+              if (!cancelled) r.error = what;
+            },
+            std::nullopt);
+    } catch (const std::exception& e2) {
+      spdlog::error("op={} could not be recorded: {}", job.op->record().uuid, e2.what());
     }
-    running_--;
   }
 }
 

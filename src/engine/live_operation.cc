@@ -87,4 +87,10 @@ bool LiveOperation::finished() const {
   return finished_;
 }
 
+bool LiveOperation::wait_finished(std::chrono::milliseconds timeout) const {
+  std::unique_lock lk(mu_);
+  cv_.wait_for(lk, timeout, [&] { return finished_; });
+  return finished_;
+}
+
 }  // namespace coppice::engine

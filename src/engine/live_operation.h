@@ -46,6 +46,8 @@ class LiveOperation {
   // last, ids continuing the log) and the finished flag; then wakes followers.
   void complete(const store::OperationRecord& rec, const std::vector<store::EventRecord>& tail);
   bool finished() const;
+  // Waits up to `timeout` for complete(); returns finished().
+  bool wait_finished(std::chrono::milliseconds timeout) const;
 
   sandbox::CancelToken& cancel_token() { return cancel_; }
 

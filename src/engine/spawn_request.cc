@@ -48,6 +48,24 @@ int64_t get_int(const json& body, const char* name, int64_t def, int64_t lo, int
   return n;
 }
 
+// An integer field of resources_limits bounded below by `lo` and above by a server cap that
+// the error names (with its whoami.limits key).
+int64_t get_capped(const json& rl, const char* name, int64_t lo, int64_t cap,
+                   const char* whoami_key) {
+  const json* v = field(rl, name);
+  if (!v) return 0;
+  if (!v->is_number_integer())
+    throw bad_request(fmt::format("`resources_limits.{}` must be an integer", name));
+  int64_t n = v->get<int64_t>();
+  if (n < lo) throw bad_request(fmt::format("`resources_limits.{}` must be at least {}", name, lo));
+  if (n > cap)
+    throw bad_request(
+        fmt::format("`resources_limits.{}` asks for {}, over this server's cap of {} "
+                    "(whoami limits.{})",
+                    name, n, cap, whoami_key));
+  return n;
+}
+
 bool valid_hostname(const std::string& h) {
   if (h.empty() || h.size() > 64) return false;
   for (char c : h)
@@ -185,6 +203,12 @@ SpawnRequest parse_spawn_request(const json& body, const SpawnLimits& limits) {
   if (r.hostname.empty()) r.hostname = "coppice";
   if (!valid_hostname(r.hostname)) throw bad_request("`hostname` is not a valid host name");
   r.disposable = get_bool(body, "disposable", false);
+  if (const json* t = field(body, "timeout");
+      t && t->is_number() && t->get<double>() > static_cast<double>(limits.max_timeout_s))
+    throw bad_request(
+        fmt::format("`timeout` asks for {} s, over this server's cap of {} s "
+                    "(whoami limits.instance_max_timeout)",
+                    t->dump(), limits.max_timeout_s));
   r.timeout_s = get_int(body, "timeout", limits.default_timeout_s, 1, limits.max_timeout_s);
   r.truncate_output_at =
       get_int(body, "truncate_output_at", limits.default_truncate, 0, limits.max_truncate);
@@ -234,11 +258,18 @@ SpawnRequest parse_spawn_request(const json& body, const SpawnLimits& limits) {
     if (!rl->is_object()) throw bad_request("`resources_limits` must be an object");
     if (field(*rl, "max_layer_bytes"))
       r.max_layer_bytes = get_int(*rl, "max_layer_bytes", 0, 0, INT64_MAX);
-    r.memory_bytes = get_int(*rl, "memory_bytes", 0, 4 << 20, limits.max_memory_bytes);
-    r.pids = get_int(*rl, "pids", 0, 8, limits.max_pids);
+    r.memory_bytes = get_capped(*rl, "memory_bytes", 4 << 20, limits.max_memory_bytes,
+                                "instance_max_memory_bytes");
+    r.pids = get_capped(*rl, "pids", 8, limits.max_pids, "instance_max_pids");
     if (const json* cpus = field(*rl, "cpus")) {
-      if (!cpus->is_number() || cpus->get<double>() < 0.01 || cpus->get<double>() > 1024)
-        throw bad_request("`resources_limits.cpus` must be a number between 0.01 and 1024");
+      if (!cpus->is_number() || cpus->get<double>() < 0.01)
+        throw bad_request("`resources_limits.cpus` must be a number of at least 0.01");
+      const double cap = limits.max_cpus > 0 ? static_cast<double>(limits.max_cpus) : 1024;
+      if (cpus->get<double>() > cap)
+        throw bad_request(
+            fmt::format("`resources_limits.cpus` asks for {}, over this server's "
+                        "cap of {} (whoami limits.instance_max_cpus)",
+                        cpus->get<double>(), cap));
       r.cpus = cpus->get<double>();
     }
   }

@@ -24,8 +24,11 @@ struct SpawnLimits {
   int64_t default_truncate = 1 << 20;
   int64_t max_truncate = 16 << 20;
   int64_t max_stdin = 16 << 20;
-  int64_t max_memory_bytes = 64ll << 30;
-  int64_t max_pids = 65536;
+  // Server-wide caps on what one run may ask for in resources_limits (a request over a cap
+  // is a 400 naming it; shown in whoami.limits).
+  int64_t max_memory_bytes = 8ll << 30;
+  int64_t max_pids = 4096;
+  int64_t max_cpus = 0;  // cores; 0 = the host's CPU count (resolved by the Engine)
 };
 
 struct SpawnRequest {

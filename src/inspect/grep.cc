@@ -43,7 +43,8 @@ bool has_upper(const std::vector<std::string>& patterns) {
 struct Line {
   int64_t number = 0;
   uint64_t offset = 0;
-  std::string text;  // including the "\n" when present (truncated at kMaxLine)
+  std::string text;     // the line without its "\n", cut at kMaxLine
+  uint64_t length = 0;  // the whole line's length without its "\n" (may exceed text.size())
   bool newline = false;
 };
 
@@ -63,32 +64,27 @@ class LineReader {
   bool next(Line& line) {
     line.text.clear();
     line.newline = false;
+    line.length = 0;
     line.offset = offset_;
     line.number = ++number_;
-    bool truncated = false;
     while (true) {
       const char* start = buf_.data() + pos_;
       size_t avail = buf_.size() - pos_;
       const void* nl = std::memchr(start, '\n', avail);
       size_t take = nl ? static_cast<size_t>(static_cast<const char*>(nl) - start) : avail;
-      if (!truncated) {
-        size_t room = kMaxLine - line.text.size();
-        line.text.append(start, std::min(take, room));
-        if (take > room) truncated = true;
-      }
+      size_t room = kMaxLine - line.text.size();
+      line.text.append(start, std::min(take, room));
+      line.length += take;
       pos_ += take;
       offset_ += take;
       if (nl) {
         ++pos_;
         ++offset_;
-        if (!truncated) {
-          line.text += '\n';
-          line.newline = true;
-        }
+        line.newline = true;
         return true;
       }
       if (!fill()) {
-        if (line.text.empty() && !truncated) {
+        if (line.length == 0) {
           --number_;
           return false;
         }
@@ -122,26 +118,39 @@ class LineReader {
 
 class Searcher {
  public:
-  Searcher(const store::LayerView& view, const GrepQuery& q, const RE2& re)
-      : view_(view), q_(q), re_(re), deadline_(Clock::now() + kDeadline) {}
+  Searcher(const store::LayerView& view, const GrepQuery& q, const RE2& re, size_t budget)
+      : view_(view), q_(q), re_(re), deadline_(Clock::now() + kDeadline), budget_(budget) {}
 
   bool stopped() const { return stop_; }
-  bool truncated() const { return truncated_; }
-  nlohmann::json& matches() { return matches_; }
+  // Why the answer is incomplete: "max_total", "max_bytes", "deadline", "max_entries" (a
+  // directory with more than kMaxListNames names was searched in part), or nullptr.
+  const char* truncated_reason() const {
+    return reason_ ? reason_ : cut_ ? "max_entries" : nullptr;
+  }
+  // The matches as JSON array elements, comma-separated (no brackets).
+  std::string& matches() { return out_; }
 
   void search_path(const std::string& resolved) {
-    view_.walk(resolved, [&](const store::Entry& e) {
-      if (stop_) return store::LayerView::Walk::kStop;
-      if (Clock::now() > deadline_) {
-        truncated_ = stop_ = true;
-        return store::LayerView::Walk::kStop;
-      }
-      if (S_ISREG(e.st.st_mode) && glob_ok(e) && first_visit(e)) search_file(e);
-      return stop_ ? store::LayerView::Walk::kStop : store::LayerView::Walk::kContinue;
-    });
+    view_.walk(
+        resolved,
+        [&](const store::Entry& e) {
+          if (stop_) return store::LayerView::Walk::kStop;
+          if (Clock::now() > deadline_) {
+            stop("deadline");
+            return store::LayerView::Walk::kStop;
+          }
+          if (S_ISREG(e.st.st_mode) && glob_ok(e) && first_visit(e)) search_file(e);
+          return stop_ ? store::LayerView::Walk::kStop : store::LayerView::Walk::kContinue;
+        },
+        kMaxListNames, &cut_);
   }
 
  private:
+  void stop(const char* reason) {
+    stop_ = true;
+    reason_ = reason;
+  }
+
   // Overlapping paths ("/" and "/etc") search each file once.
   bool first_visit(const store::Entry& e) {
     return q_.paths.size() <= 1 || searched_.insert(e.path).second;
@@ -165,26 +174,51 @@ class Searcher {
     return !any_include || included;
   }
 
-  void emit(const store::Entry& e, const Line& l, const char* type,
+  // How much of a line the answer shows: at most max_line_bytes, cut on a UTF-8 boundary.
+  size_t shown_bytes(const Line& l) const {
+    size_t n = std::min(l.text.size(), static_cast<size_t>(q_.max_line_bytes));
+    if (n < l.text.size())
+      while (n > 0 && (static_cast<unsigned char>(l.text[n]) & 0xC0) == 0x80) --n;
+    return n;
+  }
+
+  // Appends one match or context line to the answer; false (and the search stops) when it
+  // does not fit in the byte budget.
+  bool emit(const store::Entry& e, const Line& l, const char* type,
             const std::vector<std::pair<size_t, size_t>>& subs) {
+    const size_t shown = shown_bytes(l);
+    const bool cut = shown < l.length;
     auto sm = nlohmann::json::array();
     for (auto [s, t] : subs) {
-      sm.push_back({{"text", detail::valid_utf8(std::string_view(l.text).substr(s, t - s))},
-                    {"start", s},
-                    {"end", t}});
+      if (s > shown || (s == shown && t > s)) break;  // past what the answer shows
+      sm.push_back(
+          {{"text", detail::valid_utf8(std::string_view(l.text).substr(s, std::min(t, shown) - s))},
+           {"start", s},
+           {"end", t}});
     }
-    matches_.push_back({{"path", detail::valid_utf8(e.path)},
+    std::string text = detail::valid_utf8(std::string_view(l.text).substr(0, shown));
+    if (!cut && l.newline) text += '\n';
+    nlohmann::json m = {{"path", detail::valid_utf8(e.path)},
                         {"line_number", l.number},
                         {"absolute_offset", l.offset},
-                        {"line_text", detail::valid_utf8(l.text)},
-                        {"line_bytes", l.text.size() - (l.newline ? 1 : 0)},
+                        {"line_text", std::move(text)},
+                        {"line_bytes", l.length},
+                        {"line_truncated", cut},
                         {"submatches", std::move(sm)},
-                        {"type", type}});
+                        {"type", type}};
+    std::string one = m.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (out_.size() + one.size() + 1 > budget_) {
+      stop("max_bytes");
+      return false;
+    }
+    if (!out_.empty()) out_ += ',';
+    out_ += one;
+    return true;
   }
 
   std::vector<std::pair<size_t, size_t>> find_all(const Line& l) const {
     std::vector<std::pair<size_t, size_t>> subs;
-    re2::StringPiece text(l.text.data(), l.text.size() - (l.newline ? 1 : 0));
+    re2::StringPiece text(l.text.data(), l.text.size());
     size_t pos = 0;
     std::optional<size_t> prev_end;
     while (pos <= text.size() && subs.size() < kMaxSubmatches) {
@@ -213,14 +247,14 @@ class Searcher {
     LineReader r(fd.get());
     if (r.binary_prefix(kBinaryProbe)) return;
     const int before = q_.before, after = q_.after;
-    std::deque<Line> ring;
+    std::deque<Line> ring;  // context before the next match, cut to what the answer shows
     int64_t file_matches = 0;
     int64_t last_emitted = 0;
     int after_left = 0;
     Line line;
     for (uint64_t n = 0; r.next(line); ++n) {
       if ((n & 1023) == 1023 && Clock::now() > deadline_) {
-        truncated_ = stop_ = true;
+        stop("deadline");
         return;
       }
       if (std::memchr(line.text.data(), 0, line.text.size())) return;  // binary after all
@@ -228,23 +262,24 @@ class Searcher {
       auto subs = can_match ? find_all(line) : std::vector<std::pair<size_t, size_t>>{};
       if (!subs.empty()) {
         if (total_ >= q_.max_total) {
-          truncated_ = stop_ = true;
+          stop("max_total");
           return;
         }
         for (const auto& c : ring)
-          if (c.number > last_emitted) emit(e, c, "context", {});
+          if (c.number > last_emitted && !emit(e, c, "context", {})) return;
         ring.clear();
-        emit(e, line, "match", subs);
+        if (!emit(e, line, "match", subs)) return;
         ++total_;
         ++file_matches;
         last_emitted = line.number;
         after_left = after;
       } else if (after_left > 0) {
-        emit(e, line, "context", {});
+        if (!emit(e, line, "context", {})) return;
         last_emitted = line.number;
         --after_left;
       } else if (before > 0) {
         if (static_cast<int>(ring.size()) == before) ring.pop_front();
+        line.text.resize(shown_bytes(line));
         ring.push_back(std::move(line));
         line = Line{};
       }
@@ -256,19 +291,25 @@ class Searcher {
   const GrepQuery& q_;
   const RE2& re_;
   Clock::time_point deadline_;
-  nlohmann::json matches_ = nlohmann::json::array();
+  size_t budget_;
+  std::string out_;
   int64_t total_ = 0;
-  bool truncated_ = false;
+  const char* reason_ = nullptr;
   bool stop_ = false;
+  bool cut_ = false;
   std::unordered_set<std::string> searched_;  // overlapping paths search a file once
 };
 
 }  // namespace
 
-nlohmann::json grep(const store::LayerView& view, const GrepQuery& q) {
+std::string grep_response(const store::LayerView& view, const GrepQuery& q) {
   if (q.patterns.empty()) throw bad_request("pattern is required");
   if (q.max_count && *q.max_count < 0) throw bad_request("max_count must not be negative");
   if (q.max_total <= 0) throw bad_request("max_total must be positive");
+  if (q.max_line_bytes < 1 || q.max_line_bytes > static_cast<int64_t>(kMaxLine))
+    throw bad_request(fmt::format("max_line_bytes must be between 1 and {}", kMaxLine));
+  if (q.max_bytes < static_cast<int64_t>(kMinResponseBytes))
+    throw bad_request(fmt::format("max_bytes must be at least {}", kMinResponseBytes));
   if (q.before < 0 || q.after < 0 || q.before > kMaxContext || q.after > kMaxContext)
     throw bad_request(fmt::format("before/after must be between 0 and {}", kMaxContext));
   bool case_sensitive;
@@ -302,15 +343,35 @@ nlohmann::json grep(const store::LayerView& view, const GrepQuery& q) {
   std::vector<std::string> paths = q.paths.empty() ? std::vector<std::string>{"/"} : q.paths;
   std::vector<std::string> resolved;
   for (const auto& p : paths) resolved.push_back(view.resolve(p, true));  // 400/404/422 early
-  Searcher s(view, q, re);
+  // The answer around the matches: path, patterns, flags. Patterns come from the query
+  // string, so they are small; the matches get the rest of the budget.
+  const auto dump = [](const nlohmann::json& j) {
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  };
+  std::string head = "{\"path\":" + dump(detail::valid_utf8(paths.front())) +
+                     ",\"patterns\":" + dump(patterns_json);
+  const size_t framing = head.size() + 128;
+  if (framing > static_cast<size_t>(q.max_bytes))
+    throw bad_request("the patterns are too long for max_bytes");
+  Searcher s(view, q, re, static_cast<size_t>(q.max_bytes) - framing);
   for (const auto& r : resolved) {
     s.search_path(r);
     if (s.stopped()) break;
   }
-  return {{"path", detail::valid_utf8(paths.front())},
-          {"patterns", patterns_json},
-          {"truncated", s.truncated()},
-          {"matches", std::move(s.matches())}};
+  const char* reason = s.truncated_reason();
+  std::string out = std::move(head);
+  out += ",\"truncated\":";
+  out += reason ? "true" : "false";
+  out += ",\"truncated_reason\":";
+  out += reason ? dump(reason) : "null";
+  out += ",\"matches\":[";
+  out += s.matches();
+  out += "]}";
+  return out;
+}
+
+nlohmann::json grep(const store::LayerView& view, const GrepQuery& q) {
+  return nlohmann::json::parse(grep_response(view, q));
 }
 
 }  // namespace coppice::inspect

@@ -194,22 +194,46 @@ std::string ls_time(time_t t) {
                      tm.tm_min);
 }
 
-// The directory a listing shows: `path` with every symlink followed.
-std::vector<store::Entry> list_dir(const store::LayerView& view, std::string_view path) {
-  return view.list(view.resolve(path, true));
+// The directory a listing shows: `path` with every symlink followed; at most o.max_names
+// names read.
+std::vector<store::Entry> list_dir(const store::LayerView& view, std::string_view path,
+                                   const ListOptions& o, bool& cut) {
+  if (o.offset < 0) throw bad_request("offset must be a non-negative integer");
+  if (o.limit && *o.limit < 1) throw bad_request("limit must be positive");
+  if (o.max_bytes < static_cast<uint64_t>(kMinResponseBytes))
+    throw bad_request(fmt::format("max_bytes must be at least {}", kMinResponseBytes));
+  return view.list(view.resolve(path, true), o.max_names, &cut);
+}
+
+// The page [offset, offset + limit) of `n` entries.
+std::pair<size_t, size_t> page_of(size_t n, const ListOptions& o) {
+  size_t first = std::min(n, static_cast<size_t>(o.offset));
+  size_t last = o.limit ? std::min(n, first + static_cast<size_t>(*o.limit)) : n;
+  return {first, last};
+}
+
+std::string dump(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace
 
-nlohmann::json list_json(const store::LayerView& view, std::string_view path) {
-  auto entries = list_dir(view, path);
+std::string list_response(const store::LayerView& view, std::string_view path,
+                          const ListOptions& o) {
+  bool cut = false;
+  auto entries = list_dir(view, path, o, cut);
   auto names = detail::IdNames::load(view);
-  auto files = nlohmann::json::array();
-  for (const auto& e : entries) {
-    const auto& st = e.st;
-    files.push_back({
+  auto [first, last] = page_of(entries.size(), o);
+  std::string head = "{\"path\":" + dump(detail::valid_utf8(path));
+  const size_t budget = o.max_bytes - std::min<size_t>(o.max_bytes, head.size() + 160);
+  std::string files;
+  size_t i = first;
+  const char* reason = nullptr;
+  for (; i < last; ++i) {
+    const auto& st = entries[i].st;
+    std::string one = dump({
         {"size", static_cast<uint64_t>(st.st_size)},
-        {"path", detail::valid_utf8(e.name)},
+        {"path", detail::valid_utf8(entries[i].name)},
         {"owner", owner_name(names, st.st_uid)},
         {"group", group_name(names, st.st_gid)},
         {"uid", st.st_uid},
@@ -222,22 +246,46 @@ nlohmann::json list_json(const store::LayerView& view, std::string_view path) {
         {"is_symlink", S_ISLNK(st.st_mode)},
         {"is_socket", S_ISSOCK(st.st_mode)},
         {"is_fifo", S_ISFIFO(st.st_mode)},
-        {"symlink_to", detail::valid_utf8(e.symlink_target)},
+        {"symlink_to", detail::valid_utf8(entries[i].symlink_target)},
     });
+    if (files.size() + one.size() + 1 > budget) {
+      reason = "max_bytes";
+      break;
+    }
+    if (!files.empty()) files += ',';
+    files += one;
   }
-  return {{"path", detail::valid_utf8(path)}, {"files", std::move(files)}};
+  if (!reason && i < entries.size()) reason = "limit";
+  if (!reason && cut) reason = "max_entries";
+  const bool more = i < entries.size();
+  std::string out = std::move(head);
+  out += ",\"files\":[" + files + "]";
+  out += ",\"truncated\":";
+  out += reason ? "true" : "false";
+  out += ",\"truncated_reason\":" + (reason ? dump(reason) : std::string("null"));
+  out += ",\"next_offset\":" + (more ? std::to_string(i) : std::string("null"));
+  out += "}";
+  return out;
 }
 
-std::string list_text(const store::LayerView& view, std::string_view path) {
-  auto entries = list_dir(view, path);
+nlohmann::json list_json(const store::LayerView& view, std::string_view path,
+                         const ListOptions& o) {
+  return nlohmann::json::parse(list_response(view, path, o));
+}
+
+std::string list_text(const store::LayerView& view, std::string_view path, const ListOptions& o) {
+  bool cut = false;
+  auto entries = list_dir(view, path, o, cut);
   auto names = detail::IdNames::load(view);
+  auto [first, last] = page_of(entries.size(), o);
   struct Row {
     std::string mode, nlink, owner, group, size, time, name;
   };
   std::vector<Row> rows;
   uint64_t total = 0;
   size_t w_nlink = 0, w_owner = 0, w_group = 0, w_size = 0;
-  for (const auto& e : entries) {
+  for (size_t i = first; i < last; ++i) {
+    const auto& e = entries[i];
     const auto& st = e.st;
     Row r;
     r.mode = mode_string(st.st_mode);
@@ -260,10 +308,24 @@ std::string list_text(const store::LayerView& view, std::string_view path) {
     rows.push_back(std::move(r));
   }
   std::string out = fmt::format("total {}\n", human_size(total));
+  const size_t budget = o.max_bytes - std::min<size_t>(o.max_bytes, 200);  // room for the note
+  size_t shown = 0;
   for (const auto& r : rows) {
-    out += fmt::format("{} {:>{}} {:<{}} {:<{}} {:>{}} {} {}\n", r.mode, r.nlink, w_nlink, r.owner,
-                       w_owner, r.group, w_group, r.size, w_size, r.time, r.name);
+    std::string line =
+        fmt::format("{} {:>{}} {:<{}} {:<{}} {:>{}} {} {}\n", r.mode, r.nlink, w_nlink, r.owner,
+                    w_owner, r.group, w_group, r.size, w_size, r.time, r.name);
+    if (out.size() + line.size() > budget) break;
+    out += line;
+    ++shown;
   }
+  const size_t next = first + shown;
+  if (shown < rows.size())
+    out += fmt::format("# truncated (max_bytes): more entries from offset={}\n", next);
+  else if (next < entries.size())
+    out += fmt::format("# truncated (limit): more entries from offset={}\n", next);
+  else if (cut)
+    out += fmt::format("# truncated (max_entries): only {} entries of this directory were read\n",
+                       entries.size());
   return out;
 }
 

@@ -16,14 +16,36 @@
 
 namespace coppice::inspect {
 
-// {"path": <as asked>, "files": [FileItem...]} with all 15 FileItem fields (contract §2.9).
+// The smallest byte budget of a grep answer or a listing.
+inline constexpr int64_t kMinResponseBytes = 64 << 10;
+// Names read from one directory for a listing (or for each directory grep walks): beyond it
+// the answer is cut (`truncated_reason` "max_entries"), so memory stays bounded.
+inline constexpr size_t kMaxListNames = 100000;
+
+// Bounds on a directory listing: the page [offset, offset + limit) of the sorted entries, cut
+// further so that the answer holds at most `max_bytes` (>= kMinResponseBytes).
+struct ListOptions {
+  int64_t offset = 0;
+  std::optional<int64_t> limit;
+  uint64_t max_bytes = 8 << 20;
+  size_t max_names = kMaxListNames;
+};
+
+// {"path": <as asked>, "files": [FileItem...]} with all 15 FileItem fields (contract §2.9),
+// plus `truncated` (bool), `truncated_reason` ("limit", "max_bytes", "max_entries" or null)
+// and `next_offset` (the offset of the next page, or null when none follows).
 // owner/group are names from the image's /etc/passwd and /etc/group when known, else the number
-// as a string. Throws 404 when missing, 422 when not a directory.
-nlohmann::json list_json(const store::LayerView& view, std::string_view path);
+// as a string. Throws 404 when missing, 422 when not a directory, 400 for bad options.
+std::string list_response(const store::LayerView& view, std::string_view path,
+                          const ListOptions& o = {});
+nlohmann::json list_json(const store::LayerView& view, std::string_view path,
+                         const ListOptions& o = {});
 
 // `ls -alh`-style text listing: a "total" line, then one line per entry
-// ("drwxr-xr-x 1 root root 4.00 KB Jan  1 00:00 name", symlinks as "name -> target").
-std::string list_text(const store::LayerView& view, std::string_view path);
+// ("drwxr-xr-x 1 root root 4.00 KB Jan  1 00:00 name", symlinks as "name -> target"); a cut
+// listing ends with a "# truncated (REASON): ..." line naming the next offset.
+std::string list_text(const store::LayerView& view, std::string_view path,
+                      const ListOptions& o = {});
 
 // The bytes of a regular file, resolving `path` (symlinks followed inside the image).
 // Throws 404 when missing, 422 when it is a directory or not a regular file.
@@ -52,11 +74,21 @@ struct GrepQuery {
   std::string case_mode = "sensitive";  // sensitive | insensitive | smart
   int before = 0;
   int after = 0;
+  // Caps on the answer: its size in bytes of JSON (>= kMinResponseBytes), and the bytes of
+  // one line shown in `line_text` (1..1 MiB; lines are searched on their first MiB).
+  int64_t max_bytes = 8 << 20;
+  int64_t max_line_bytes = 4096;
 };
 
-// GrepResult JSON (contract §2.9): {"path","patterns","truncated","matches":[...]}.
+// GrepResult JSON (contract §2.9): {"path","patterns","truncated","matches":[...]}, plus
+// `truncated_reason` ("max_total", "max_bytes", "deadline" or null) and, per match,
+// `line_truncated` (line_text holds only the first max_line_bytes of the line, without its
+// newline; `line_bytes` is still the whole line's length; submatches past the cut are left
+// out, and a submatch's `text` is cut with the line). The answer never exceeds max_bytes.
 // Symlinks are not followed, binary files (with a NUL in the first 8 KiB) are skipped.
 // Throws 400 on invalid patterns or parameters.
+std::string grep_response(const store::LayerView& view, const GrepQuery& q);
+// The same, parsed.
 nlohmann::json grep(const store::LayerView& view, const GrepQuery& q);
 
 namespace detail {

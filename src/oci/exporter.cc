@@ -123,7 +123,8 @@ BuiltImage build_image(const store::ImageRecord& img, const store::LayerStore& l
   }
   for (size_t i = 0; i < dirs.size(); ++i) {
     if (abort && abort()) throw Error(499, "cancelled");
-    out.layers.push_back(pack_layer(dirs[i], work / fmt::format("layer-{}.tar.gz", i), uid_shift));
+    out.layers.push_back(
+        pack_layer(dirs[i], work / fmt::format("layer-{}.tar.gz", i), uid_shift, 65536, abort));
     if (on_layer) on_layer(i + 1, dirs.size());
   }
   out.config = image_config_json(img, out.layers).dump();

@@ -114,7 +114,8 @@ struct EntryFree {
 
 class Packer {
  public:
-  Packer(archive* a, uid_t shift, uid_t range) : a_(a), shift_(shift), range_(range) {}
+  Packer(archive* a, uid_t shift, uid_t range, const std::function<bool()>& abort)
+      : a_(a), shift_(shift), range_(range), abort_(abort) {}
 
   void dir(const std::string& host, const std::string& rel) {
     std::vector<std::string> names;
@@ -129,6 +130,7 @@ class Packer {
     }
     std::sort(names.begin(), names.end());
     for (const auto& n : names) {
+      check_abort();
       std::string h = host + "/" + n;
       std::string r = rel.empty() ? n : rel + "/" + n;
       struct stat st;
@@ -148,6 +150,10 @@ class Packer {
   }
 
  private:
+  void check_abort() const {
+    if (abort_ && abort_()) throw Error(499, "cancelled");
+  }
+
   int64_t sandbox_id(uid_t host_id) const {
     return host_id >= shift_ && host_id < shift_ + range_ ? host_id - shift_ : 0;
   }
@@ -228,6 +234,7 @@ class Packer {
       std::vector<char> buf(1 << 20);
       int64_t left = st.st_size;
       while (left > 0) {
+        check_abort();
         ssize_t n = ::read(fd.get(), buf.data(), buf.size());
         if (n < 0) {
           if (errno == EINTR) continue;
@@ -244,13 +251,14 @@ class Packer {
 
   archive* a_;
   uid_t shift_, range_;
+  const std::function<bool()>& abort_;
   std::map<std::pair<dev_t, ino_t>, std::string> links_;
 };
 
 }  // namespace
 
 PackedLayer pack_layer(const fs::path& layer_dir, const fs::path& out, uid_t uid_shift,
-                       uid_t uid_range) {
+                       uid_t uid_range, const std::function<bool()>& abort) {
   GzipFileSink sink(out);
   CallbackCtx ctx{&sink, nullptr};
   std::unique_ptr<archive, WriteFree> a(archive_write_new());
@@ -259,7 +267,7 @@ PackedLayer pack_layer(const fs::path& layer_dir, const fs::path& out, uid_t uid
   if (archive_write_open(a.get(), &ctx, nullptr, write_cb, nullptr) != ARCHIVE_OK)
     throw internal(fmt::format("tar writer: {}", archive_error_string(a.get())));
   try {
-    Packer(a.get(), uid_shift, uid_range).dir(layer_dir.string(), "");
+    Packer(a.get(), uid_shift, uid_range, abort).dir(layer_dir.string(), "");
   } catch (...) {
     if (ctx.error) std::rethrow_exception(ctx.error);
     throw;

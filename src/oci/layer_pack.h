@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 
 namespace coppice::oci {
@@ -21,7 +22,10 @@ struct PackedLayer {
   int64_t size = 0;            // compressed bytes
 };
 
+// `abort` (when set) is polled per entry and per MiB of file data; when it returns true the
+// packing stops with Error 499 (the caller removes `out`).
 PackedLayer pack_layer(const std::filesystem::path& layer_dir, const std::filesystem::path& out,
-                       uid_t uid_shift, uid_t uid_range = 65536);
+                       uid_t uid_shift, uid_t uid_range = 65536,
+                       const std::function<bool()>& abort = nullptr);
 
 }  // namespace coppice::oci

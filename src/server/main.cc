@@ -73,6 +73,16 @@ struct ServeOptions {
   uint64_t min_free_mb = 512;
   uint64_t pids = 1024;
   int64_t max_timeout_s = 3600;
+  // Tenants' shares (issue #12 item 7): queues, per-run caps, answer sizes.
+  size_t max_queued = 10000;
+  size_t project_max_queued = 1000;
+  size_t project_max_running = 0;  // 0 = half the workers (at least 1)
+  uint64_t max_memory_mb = 8192;
+  uint64_t max_pids = 4096;
+  int64_t max_cpus = 0;  // 0 = the host's CPU count
+  uint64_t max_export_mb = 32768;
+  int64_t export_ttl_s = 3600;
+  uint64_t max_response_mb = 8;
   std::string log_level = "info";
   std::vector<std::string> insecure_registries;
   std::vector<std::string> allowed_registries;
@@ -185,6 +195,19 @@ int serve(const Paths& paths, const ServeOptions& o) {
   ec.uid_shift = ns.uid_base;
   ec.uid_range = ns.uid_range;
   ec.limits.max_timeout_s = o.max_timeout_s;
+  if (o.memory_mb > o.max_memory_mb)
+    throw Error(400, fmt::format("--memory-mb {} is over --max-memory-mb {}", o.memory_mb,
+                                 o.max_memory_mb));
+  if (o.pids > o.max_pids)
+    throw Error(400, fmt::format("--pids {} is over --max-pids {}", o.pids, o.max_pids));
+  ec.limits.max_memory_bytes = static_cast<int64_t>(o.max_memory_mb << 20);
+  ec.limits.max_pids = static_cast<int64_t>(o.max_pids);
+  ec.limits.max_cpus = o.max_cpus;
+  ec.max_queue = o.max_queued;
+  ec.project_max_queued = o.project_max_queued;
+  ec.project_max_running = o.project_max_running;
+  ec.max_export_bytes = o.max_export_mb << 20;
+  ec.export_ttl_s = o.export_ttl_s;
   ec.min_free_bytes = o.min_free_mb << 20;
   ec.max_import_timeout_s = o.max_timeout_s;
   ec.max_import_bytes = o.max_import_mb << 20;
@@ -204,6 +227,7 @@ int serve(const Paths& paths, const ServeOptions& o) {
   engine.recover();
   engine.start();
   api::ApiConfig ac;
+  ac.max_response_bytes = o.max_response_mb << 20;
   ac.runtimes = engine.runtime_names();
   ac.runtime_details = [&] {
     nlohmann::json d = nlohmann::json::object();
@@ -371,6 +395,50 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   serve_cmd->add_option("--pids", so.pids, "default pids limit per sandbox")->capture_default_str();
   serve_cmd->add_option("--max-timeout", so.max_timeout_s, "largest timeout a run may ask for (s)")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--max-queued", so.max_queued,
+                   "queued operations on the whole server; more are answered 429")
+      ->check(CLI::Range(size_t{1}, size_t{10000000}))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--project-max-queued", so.project_max_queued,
+                   "queued operations of one project; more are answered 429")
+      ->check(CLI::Range(size_t{1}, size_t{10000000}))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--project-max-running", so.project_max_running,
+                   "operations of one project running at once (0 = half of --workers)")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--max-memory-mb", so.max_memory_mb,
+                   "largest memory limit a run may ask for (resources_limits.memory_bytes)")
+      ->check(CLI::Range(uint64_t{4}, uint64_t{1} << 30))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--max-pids", so.max_pids,
+                   "largest pids limit a run may ask for (resources_limits.pids)")
+      ->check(CLI::Range(uint64_t{8}, uint64_t{1} << 22))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--max-cpus", so.max_cpus,
+                   "largest CPU quota a run may ask for (resources_limits.cpus; 0 = host CPUs)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1024}))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--max-export-mb", so.max_export_mb,
+                   "largest image an export packs, by apparent size (sparse files in full)")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 30))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--export-ttl", so.export_ttl_s,
+                   "seconds a finished export's archive stays downloadable")
+      ->check(CLI::Range(int64_t{1}, int64_t{7} * 86400))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--max-response-mb", so.max_response_mb,
+                   "largest grep answer or directory listing; longer ones are cut and say so")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1024}))
       ->capture_default_str();
   serve_cmd->add_option("--insecure-registry", so.insecure_registries,
                         "registry HOST[:PORT] to reach over plain http and at any address "

@@ -177,7 +177,8 @@ std::optional<LayerView::Node> LayerView::child_node(const Node& dir, std::strin
   return std::nullopt;
 }
 
-std::vector<LayerView::Node> LayerView::list_node(const Node& dir) const {
+std::vector<LayerView::Node> LayerView::list_node(const Node& dir, size_t max_names,
+                                                  bool* cut) const {
   struct Seen {
     size_t k;  // index into dir.contrib of the first layer holding the name
     unsigned char type;
@@ -208,6 +209,11 @@ std::vector<LayerView::Node> LayerView::list_node(const Node& dir) const {
       }
       std::string_view nm = de->d_name;
       if (nm == "." || nm == "..") continue;
+      if (seen.size() >= max_names && !seen.count(std::string(nm))) {
+        if (cut) *cut = true;
+        k = dir.contrib.size();  // read no further names, in this layer or below
+        break;
+      }
       if (k > 0) per_layer[k].emplace(nm, de->d_type);  // probed as a lower layer
       seen.try_emplace(std::string(nm), Seen{k, de->d_type});
     }
@@ -315,12 +321,13 @@ std::optional<Entry> LayerView::lookup(std::string_view resolved_path) const {
   return std::move(n->entry);
 }
 
-std::vector<Entry> LayerView::list(std::string_view resolved_dir) const {
+std::vector<Entry> LayerView::list(std::string_view resolved_dir, size_t max_names,
+                                   bool* cut) const {
   auto n = node_at(resolved_dir);
   if (!n) throw not_found(fmt::format("{}: no such file or directory", resolved_dir));
   if (!n->is_dir()) throw unprocessable(fmt::format("{}: not a directory", resolved_dir));
   std::vector<Entry> out;
-  for (auto& c : list_node(*n)) out.push_back(std::move(c.entry));
+  for (auto& c : list_node(*n, max_names, cut)) out.push_back(std::move(c.entry));
   return out;
 }
 
@@ -351,8 +358,8 @@ UniqueFd LayerView::open_file(std::string_view resolved_path) const {
   return out;
 }
 
-void LayerView::walk(std::string_view resolved_path,
-                     const std::function<Walk(const Entry&)>& visit) const {
+void LayerView::walk(std::string_view resolved_path, const std::function<Walk(const Entry&)>& visit,
+                     size_t max_names_per_dir, bool* cut) const {
   auto start = node_at(resolved_path);
   if (!start) throw not_found(fmt::format("{}: no such file or directory", resolved_path));
   struct Frame {
@@ -363,7 +370,8 @@ void LayerView::walk(std::string_view resolved_path,
   auto enter = [&](const Node& n) -> bool {
     Walk w = visit(n.entry);
     if (w == Walk::kStop) return false;
-    if (w == Walk::kContinue && n.is_dir()) stack.push_back(Frame{list_node(n), 0});
+    if (w == Walk::kContinue && n.is_dir())
+      stack.push_back(Frame{list_node(n, max_names_per_dir, cut), 0});
     return true;
   };
   if (!enter(*start)) return;

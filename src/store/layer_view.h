@@ -55,8 +55,12 @@ class LayerView {
   std::optional<Entry> lookup(std::string_view resolved_path) const;
 
   // The merged contents of a resolved directory, sorted by name ("." and ".." excluded,
-  // whiteouts applied). Throws 404 when absent, 422 when not a directory.
-  std::vector<Entry> list(std::string_view resolved_dir) const;
+  // whiteouts applied). Throws 404 when absent, 422 when not a directory. At most
+  // `max_names` distinct names are read (memory stays bounded on huge directories); past it
+  // the rest is left out (the entries are then the sorted first names the layers returned)
+  // and `*cut` is set.
+  std::vector<Entry> list(std::string_view resolved_dir, size_t max_names = SIZE_MAX,
+                          bool* cut = nullptr) const;
 
   // Opens a regular file for reading. Throws 404 when absent, 422 when not a regular file.
   UniqueFd open_file(std::string_view resolved_path) const;
@@ -66,8 +70,9 @@ class LayerView {
   // Visits the subtree at a resolved path depth-first, never following symlinks: the entry
   // itself first, then (for a directory) its merged contents in name order, recursively.
   // Computes each directory's contributing layers once (cheaper than list() per directory).
-  // Throws 404 when the path is absent.
-  void walk(std::string_view resolved_path, const std::function<Walk(const Entry&)>& visit) const;
+  // Throws 404 when the path is absent. `max_names_per_dir` and `cut` as for list().
+  void walk(std::string_view resolved_path, const std::function<Walk(const Entry&)>& visit,
+            size_t max_names_per_dir = SIZE_MAX, bool* cut = nullptr) const;
 
   const std::vector<fs::path>& layers() const { return layers_; }
   uid_t uid_shift() const { return uid_shift_; }
@@ -78,7 +83,8 @@ class LayerView {
   Entry make_entry(size_t layer, std::string name, std::string path, const struct stat& st) const;
   Node root_node() const;
   std::optional<Node> child_node(const Node& dir, std::string_view name) const;
-  std::vector<Node> list_node(const Node& dir) const;
+  std::vector<Node> list_node(const Node& dir, size_t max_names = SIZE_MAX,
+                              bool* cut = nullptr) const;
   std::optional<Node> node_at(std::string_view resolved_path) const;
 
   std::vector<fs::path> layers_;

@@ -26,7 +26,8 @@ class MetaStore {
   // Images.
   virtual void insert_image(const ImageRecord& img) = 0;
   virtual std::optional<ImageRecord> get_image(const std::string& uuid) = 0;
-  // Images the project can see: its own and the public ones.
+  // Images the project can see: its own and the public ones. Summaries: `layers` and
+  // `config` are left empty (a listing must stay small; get_image has them).
   virtual std::vector<ImageRecord> list_images(const std::string& project,
                                                const ImageFilter& f) = 0;
   // The project's image with this exact tag, else the public one, else nullopt.
@@ -52,6 +53,7 @@ class MetaStore {
   // Operations and their event logs.
   virtual void insert_operation(const OperationRecord& op) = 0;
   virtual std::optional<OperationRecord> get_operation(const std::string& uuid) = 0;
+  // Summaries: `metadata` is left empty (get_operation has it).
   virtual std::vector<OperationRecord> list_operations(const std::string& project,
                                                        const OperationFilter& f) = 0;
   // Atomically: stores the final operation record, its whole event log and (optionally) the

@@ -163,6 +163,11 @@ class Stmt {
 constexpr const char* kImageCols =
     "uuid, project, parent_uuid, layer_id, layers, depth, tag, operation_uuid, created_us, "
     "size_bytes, flat_layer_id, config";
+// For listings: without the lower-layer list and the config, which a summary never shows and
+// which can be large (an env kept with preserve_env), so that a page's size stays bounded.
+constexpr const char* kImageListCols =
+    "uuid, project, parent_uuid, layer_id, '[]', depth, tag, operation_uuid, created_us, "
+    "size_bytes, flat_layer_id, '{}'";
 
 ImageRecord read_image(const Stmt& s) {
   ImageRecord r;
@@ -184,6 +189,10 @@ ImageRecord read_image(const Stmt& s) {
 constexpr const char* kOpCols =
     "uuid, project, kind, status, error, created_us, finished_us, duration_s, image_uuid, "
     "result_image_uuid, result_tag, metadata, image_size, consumed_cpu, consumed_memory";
+// For listings: without the metadata (the request echo and the result, up to tens of MiB).
+constexpr const char* kOpListCols =
+    "uuid, project, kind, status, error, created_us, finished_us, duration_s, image_uuid, "
+    "result_image_uuid, result_tag, '{}', image_size, consumed_cpu, consumed_memory";
 
 OperationRecord read_op(const Stmt& s) {
   OperationRecord r;
@@ -265,7 +274,7 @@ class SqliteStore final : public MetaStore {
   std::vector<ImageRecord> list_images(const std::string& project, const ImageFilter& f) override {
     std::lock_guard lk(mu_);
     std::string sql =
-        fmt::format("SELECT {} FROM images WHERE (project=?1 OR project='')", kImageCols);
+        fmt::format("SELECT {} FROM images WHERE (project=?1 OR project='')", kImageListCols);
     if (f.tagged_only) sql += " AND tag IS NOT NULL";
     if (f.tag_prefix) sql += " AND substr(tag, 1, length(?2)) = ?2";
     if (f.uuid) sql += " AND uuid=?3";
@@ -369,7 +378,7 @@ class SqliteStore final : public MetaStore {
   std::vector<OperationRecord> list_operations(const std::string& project,
                                                const OperationFilter& f) override {
     std::lock_guard lk(mu_);
-    std::string sql = fmt::format("SELECT {} FROM operations WHERE project=?1", kOpCols);
+    std::string sql = fmt::format("SELECT {} FROM operations WHERE project=?1", kOpListCols);
     if (f.status) sql += " AND status=?2";
     if (f.kind) sql += " AND kind=?3";
     if (f.page.since_us) sql += " AND created_us >= ?4";

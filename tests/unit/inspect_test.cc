@@ -470,5 +470,117 @@ TEST_F(InspectGrepTest, LongLinesAndManyLines) {
   EXPECT_EQ(r["matches"][1]["absolute_offset"], data.size() - 18);
 }
 
+TEST_F(InspectGrepTest, LongLinesAreCutAndMarked) {
+  std::string longline = std::string(10000, 'x') + "needle" + std::string(10000, 'y');
+  file(0, "cut/a.txt", "short needle\n" + longline + "\n" + std::string(2 << 20, 'z') + "needle\n");
+  auto v = view();
+  GrepQuery q;
+  q.patterns = {"needle", "^z"};
+  q.paths = {"/cut"};
+  q.max_line_bytes = 100;
+  auto r = grep(v, q);
+  ASSERT_EQ(r["matches"].size(), 3u);
+  EXPECT_EQ(r["matches"][0]["line_text"], "short needle\n");
+  EXPECT_EQ(r["matches"][0]["line_truncated"], false);
+  const auto& m = r["matches"][1];
+  EXPECT_EQ(m["line_truncated"], true);
+  EXPECT_EQ(m["line_text"], std::string(100, 'x'));  // no newline on a cut line
+  EXPECT_EQ(m["line_bytes"], longline.size());       // the whole line's length
+  EXPECT_TRUE(m["submatches"].empty());              // the match lies past the cut
+  // A line longer than the searched prefix (1 MiB) still reports its whole length.
+  const auto& z = r["matches"][2];
+  EXPECT_EQ(z["line_truncated"], true);
+  EXPECT_EQ(z["line_bytes"], (2 << 20) + 6);
+  ASSERT_EQ(z["submatches"].size(), 1u);
+  EXPECT_EQ(z["submatches"][0]["start"], 0);
+  EXPECT_EQ(r["truncated"], false);
+  EXPECT_TRUE(r["truncated_reason"].is_null());
+  // A cut never splits a UTF-8 sequence.
+  file(0, "cut/u.txt", "\xc3\xa9\xc3\xa9 needle\n");
+  q.paths = {"/cut/u.txt"};
+  q.max_line_bytes = 3;
+  r = grep(v, q);
+  ASSERT_EQ(r["matches"].size(), 1u);
+  EXPECT_EQ(r["matches"][0]["line_text"], "\xc3\xa9");
+}
+
+TEST_F(InspectGrepTest, AnswerStaysUnderItsByteBudget) {
+  std::string many;
+  for (int i = 0; i < 20000; ++i) many += "match number " + std::to_string(i) + "\n";
+  file(0, "many/log", many);
+  auto v = view();
+  GrepQuery q;
+  q.patterns = {"match"};
+  q.paths = {"/many"};
+  q.max_total = 100000;
+  q.before = 2;
+  q.max_bytes = kMinResponseBytes;
+  std::string raw = grep_response(v, q);
+  EXPECT_LE(raw.size(), static_cast<size_t>(kMinResponseBytes));
+  auto r = nlohmann::json::parse(raw);
+  EXPECT_EQ(r["truncated"], true);
+  EXPECT_EQ(r["truncated_reason"], "max_bytes");
+  EXPECT_GT(r["matches"].size(), 100u);
+  EXPECT_LT(r["matches"].size(), 20000u);
+  q.max_total = 10;
+  r = grep(v, q);
+  EXPECT_EQ(r["truncated_reason"], "max_total");
+  q.max_bytes = 1000;  // below the minimum
+  EXPECT_EQ(status_of([&] { grep(v, q); }), 400);
+  q.max_bytes = 1 << 20;
+  q.max_line_bytes = 0;
+  EXPECT_EQ(status_of([&] { grep(v, q); }), 400);
+}
+
+TEST_F(InspectTest, ListingsArePagedAndCut) {
+  for (int i = 0; i < 3000; ++i) file(1, fmt::format("big/f{:05}", i), "");
+  file(0, "big/f00007", "top");  // the upper layer shadows one name
+  auto v = view();
+  auto all = list_json(v, "/big");
+  EXPECT_EQ(all["files"].size(), 3000u);
+  EXPECT_EQ(all["truncated"], false);
+  EXPECT_TRUE(all["next_offset"].is_null());
+  ListOptions o;
+  o.offset = 100;
+  o.limit = 50;
+  auto page = list_json(v, "/big", o);
+  ASSERT_EQ(page["files"].size(), 50u);
+  EXPECT_EQ(page["files"][0]["path"], "f00100");
+  EXPECT_EQ(page["truncated"], true);
+  EXPECT_EQ(page["truncated_reason"], "limit");
+  EXPECT_EQ(page["next_offset"], 150);
+  // The byte budget: the answer holds what fits, and says where to go on.
+  o = {};
+  o.max_bytes = kMinResponseBytes;
+  std::string raw = list_response(v, "/big", o);
+  EXPECT_LE(raw.size(), static_cast<size_t>(kMinResponseBytes));
+  auto cut = nlohmann::json::parse(raw);
+  EXPECT_EQ(cut["truncated_reason"], "max_bytes");
+  size_t got = cut["files"].size();
+  EXPECT_GT(got, 10u);
+  EXPECT_LT(got, 3000u);
+  EXPECT_EQ(cut["next_offset"], got);
+  // Directories with more names than a listing reads are cut too.
+  o = {};
+  o.max_names = 1000;
+  auto capped = list_json(v, "/big", o);
+  EXPECT_EQ(capped["files"].size(), 1000u);
+  EXPECT_EQ(capped["truncated_reason"], "max_entries");
+  // Text listings are cut the same way and end with a note.
+  o = {};
+  o.max_bytes = kMinResponseBytes;
+  std::string text = list_text(v, "/big", o);
+  EXPECT_LE(text.size(), static_cast<size_t>(kMinResponseBytes));
+  EXPECT_NE(text.find("# truncated (max_bytes): more entries from offset="), std::string::npos);
+  o = {};
+  o.limit = 2;
+  text = list_text(v, "/big", o);
+  EXPECT_NE(text.find("f00001\n# truncated (limit): more entries from offset=2\n"),
+            std::string::npos)
+      << text;
+  o.offset = -1;
+  EXPECT_EQ(status_of([&] { list_json(v, "/big", o); }), 400);
+}
+
 }  // namespace
 }  // namespace coppice::inspect

@@ -78,6 +78,46 @@ TEST(SpawnRequest, RejectsBadInput) {
       400);
 }
 
+TEST(SpawnRequest, ResourceAsksOverTheServerCapsAreRefusedByName) {
+  SpawnLimits caps;
+  caps.max_memory_bytes = 256 << 20;
+  caps.max_pids = 64;
+  caps.max_cpus = 2;
+  caps.max_timeout_s = 60;
+  auto with = [](json rl) {
+    return json{{"command", "true"}, {"image", "u"}, {"resources_limits", std::move(rl)}};
+  };
+  auto message = [&](const json& body) {
+    try {
+      parse_spawn_request(body, caps);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.status(), 400);
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  auto r =
+      parse_spawn_request(with({{"memory_bytes", 256 << 20}, {"pids", 64}, {"cpus", 2}}), caps);
+  EXPECT_EQ(r.memory_bytes, 256 << 20);
+  EXPECT_EQ(r.pids, 64);
+  EXPECT_EQ(r.cpus, 2);
+  EXPECT_NE(
+      message(with({{"memory_bytes", (256 << 20) + 1}}))
+          .find("over this server's cap of 268435456 (whoami limits.instance_max_memory_bytes)"),
+      std::string::npos);
+  EXPECT_NE(message(with({{"pids", 65}})).find("limits.instance_max_pids"), std::string::npos);
+  EXPECT_NE(message(with({{"cpus", 2.5}})).find("limits.instance_max_cpus"), std::string::npos);
+  EXPECT_NE(message(with({{"memory_bytes", 1024}})).find("at least 4194304"), std::string::npos);
+  EXPECT_NE(message({{"command", "true"}, {"image", "u"}, {"timeout", 61}})
+                .find("limits.instance_max_timeout"),
+            std::string::npos);
+  // The defaults are sane for a shared machine: 8 GiB and 4096 pids at most.
+  EXPECT_EQ(SpawnLimits{}.max_memory_bytes, 8ll << 30);
+  EXPECT_EQ(SpawnLimits{}.max_pids, 4096);
+  EXPECT_THROW(parse_spawn_request(with({{"memory_bytes", 64ll << 30}}), SpawnLimits{}), Error);
+  EXPECT_THROW(parse_spawn_request(with({{"pids", 65536}}), SpawnLimits{}), Error);
+}
+
 TEST(SpawnRequest, StdinBase64AndPathNormalization) {
   auto r = parse_spawn_request({{"command", "cat"},
                                 {"image", "x"},
