@@ -76,7 +76,8 @@ def main():
     data = pathlib.Path(tempfile.mkdtemp(prefix="coppice-capacity-", dir="/var/tmp"))
     admin(binary, data, "image", "bootstrap", "busybox")
     token = admin(binary, data, "token", "create", "--project", "cap")
-    srv = Server(binary, data, extra_args=["--workers", str(n), "--max-timeout", "3600",
+    srv = Server(binary, data, extra_args=["--workers", str(n), "--project-max-running", str(n),
+                                           "--project-max-queued", str(n), "--max-timeout", "3600",
                                            "--pids", "64"])
     deadline = time.time() + args.deadline
     problems = []
