@@ -235,7 +235,11 @@ json instance_result_json(const sandbox::RunResult& r, const std::string& out, b
 
 Engine::Engine(EngineConfig cfg, store::MetaStore& meta, store::LayerStore& layers,
                sandbox::Runtime& runtime)
-    : cfg_(std::move(cfg)), meta_(meta), layers_(layers), runtime_(runtime) {
+    : cfg_(std::move(cfg)),
+      meta_(meta),
+      layers_(layers),
+      runtime_(runtime),
+      write_limits_(cfg_.write_limit, layers.root()) {
   runtimes_[runtime.name()] = &runtime;
 }
 
@@ -688,7 +692,9 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   EventObserver obs(*op, req);
   sandbox::RunResult res;
   const int64_t t_run = now_us();
+  std::optional<WriteLimits::Run> write_limit;  // cleared when it goes out of scope
   try {
+    write_limit.emplace(write_limits_.begin(spec, req.max_layer_bytes));
     res = runtime.run(spec, obs, op->cancel_token());
   } catch (...) {
     layers_.release_run_dir(spec.run_dir, false);
@@ -727,6 +733,12 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   std::optional<std::string> error;
   int64_t layer_size = 0;
   std::filesystem::path upper = spec.run_dir / "upper";
+  // The write limit, for every runtime: past it, a size_cap event, and a run whose changes
+  // were to be kept fails without an image (a disposable one keeps its exit status).
+  std::optional<uint64_t> over;
+  if (!res.cancelled) over = write_limit->exceeded(res, upper, !req.disposable);
+  if (over)
+    op->append(1, "size_cap", {{"limit_bytes", write_limit->limit()}, {"file_size", *over}});
   if (res.cancelled) {
     status = "CANCELLED";
   } else if (!req.disposable) {
@@ -745,12 +757,9 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
       result_uuid = img->uuid;  // nothing changed: same state, same UUID (contract §4)
     } else {
       layer_size = static_cast<int64_t>(tree_size(upper).bytes);
-      if (req.max_layer_bytes && layer_size > *req.max_layer_bytes) {
-        op->append(1, "size_cap",
-                   {{"limit_bytes", *req.max_layer_bytes}, {"file_size", layer_size}});
+      if (over) {
         status = "FAILED";
-        error = fmt::format("the run's filesystem changes ({} bytes) exceed max_layer_bytes ({})",
-                            layer_size, *req.max_layer_bytes);
+        error = write_limit->error(*over, res.write_limit_hit && spec.watch_writes);
       } else {
         ImageRecord ni;
         ni.uuid = new_uuid();

@@ -24,6 +24,7 @@
 #include "engine/import_request.h"
 #include "engine/live_operation.h"
 #include "engine/spawn_request.h"
+#include "engine/write_limit.h"
 #include "sandbox/runtime.h"
 #include "store/layer_store.h"
 #include "store/meta_store.h"
@@ -40,6 +41,7 @@ struct EngineConfig {
   SpawnLimits limits;
   oci::RegistryConfig registry;         // insecure registries, mirrors, retries
   int64_t max_import_timeout_s = 3600;  // cap on an import's or push's `timeout`
+  WriteLimitConfig write_limit;         // per-run write limit (write_limit.h)
 };
 
 class Engine {
@@ -93,6 +95,7 @@ class Engine {
   store::MetaStore& meta() { return meta_; }
   store::LayerStore& layer_store() { return layers_; }
   const EngineConfig& config() const { return cfg_; }
+  const WriteLimits& write_limits() const { return write_limits_; }
   size_t running() const { return running_.load(); }
 
  private:
@@ -128,6 +131,7 @@ class Engine {
   store::LayerStore& layers_;
   sandbox::Runtime& runtime_;                          // the default
   std::map<std::string, sandbox::Runtime*> runtimes_;  // by name, the default included
+  WriteLimits write_limits_;
 
   std::mutex mu_;
   std::condition_variable cv_;
