@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/fsutil.h"
+
 namespace coppice::sandbox {
 
 WriteWatch::WriteWatch(std::filesystem::path upper, uint64_t limit, Clock::time_point start)
@@ -35,6 +37,7 @@ uint64_t live_tree_bytes(const std::filesystem::path& dir, size_t max_depth) {
   uint64_t bytes = 0;
   std::set<std::pair<dev_t, ino_t>> linked;
   std::vector<DIR*> stack;  // each one owns its fd
+  bool deep = false;
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return 0;
   struct stat st;
@@ -57,7 +60,10 @@ uint64_t live_tree_bytes(const std::filesystem::path& dir, size_t max_depth) {
     if (::fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;  // gone already
     if (S_ISDIR(st.st_mode)) {
       bytes += static_cast<uint64_t>(st.st_blocks) * 512;
-      if (stack.size() >= max_depth) continue;
+      if (stack.size() >= max_depth) {
+        deep = true;
+        continue;
+      }
       int sub = ::openat(dfd, e->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
       if (sub < 0) continue;
       if (DIR* sd = ::fdopendir(sub))
@@ -69,7 +75,14 @@ uint64_t live_tree_bytes(const std::filesystem::path& dir, size_t max_depth) {
     if (st.st_nlink > 1 && !linked.insert({st.st_dev, st.st_ino}).second) continue;
     bytes += static_cast<uint64_t>(st.st_blocks) * 512;
   }
-  return bytes;
+  if (!deep) return bytes;
+  // Deeper than the fd stack may go: the bounded-fd walker (it climbs with "..", so a tree
+  // changing under it may be counted wrong, never written to).
+  try {
+    return std::max(bytes, tree_size(dir).bytes);
+  } catch (const std::exception&) {
+    return bytes;
+  }
 }
 
 }  // namespace coppice::sandbox

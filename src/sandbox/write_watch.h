@@ -41,7 +41,8 @@ class WriteWatch {
 
 // Bytes allocated below `dir` (st_blocks of every entry, a hard-linked inode once), read
 // while the sandbox may still change the tree: entries that vanish are skipped, nothing is
-// followed, and directories deeper than `max_depth` are not entered. Never throws.
+// followed. Past `max_depth` levels (one fd each) it measures again with tree_size(), whose
+// fds are bounded. Never throws.
 uint64_t live_tree_bytes(const std::filesystem::path& dir, size_t max_depth = 1024);
 
 }  // namespace coppice::sandbox

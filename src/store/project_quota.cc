@@ -23,8 +23,6 @@ namespace coppice::store {
 
 namespace {
 
-constexpr uint64_t kIdBlock = 1024;  // ids reserved in the counter file at a time
-
 long quotactl_fd(int fd, unsigned cmd, uint32_t id, void* addr) {
   return ::syscall(SYS_quotactl_fd, fd, QCMD(cmd, PRJQUOTA), id, addr);
 }
@@ -48,16 +46,29 @@ std::string fs_name(const struct statfs& sfs) {
 
 }  // namespace
 
-ProjectQuota::ProjectQuota(UniqueFd root, fs::path counter, std::string fs_type)
-    : root_(std::move(root)), counter_(std::move(counter)), fs_type_(std::move(fs_type)) {
+ProjectIdCounter::ProjectIdCounter(fs::path file, uint32_t first) : file_(std::move(file)) {
   uint64_t stored = 0;
   try {
-    stored = std::stoull(read_file(counter_));
+    stored = std::stoull(read_file(file_));
   } catch (const std::exception&) {
-    stored = 0;  // no file yet (or unreadable: new_id() rewrites it)
+    stored = 0;  // no file yet (an unreadable one is rewritten by next())
   }
-  next_ = reserved_ = std::max<uint64_t>(stored, kFirstId);
+  next_ = reserved_ = std::max<uint64_t>(stored, first);
 }
+
+uint32_t ProjectIdCounter::next() {
+  std::lock_guard lk(mu_);
+  if (next_ >= reserved_) {
+    uint64_t end = next_ + kBlock;
+    if (end > UINT32_MAX) throw internal("project quota ids ran out");
+    write_file_atomic(file_, std::to_string(end) + "\n", true);
+    reserved_ = end;
+  }
+  return static_cast<uint32_t>(next_++);
+}
+
+ProjectQuota::ProjectQuota(UniqueFd root, fs::path counter, std::string fs_type)
+    : root_(std::move(root)), fs_type_(std::move(fs_type)), ids_(std::move(counter), kFirstId) {}
 
 std::unique_ptr<ProjectQuota> ProjectQuota::open(const fs::path& data_dir, std::string* why) {
   UniqueFd root(::open(data_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
@@ -110,17 +121,6 @@ std::unique_ptr<ProjectQuota> ProjectQuota::open(const fs::path& data_dir, std::
     return nullptr;
   }
   return q;
-}
-
-uint32_t ProjectQuota::new_id() {
-  std::lock_guard lk(mu_);
-  if (next_ >= reserved_) {
-    uint64_t end = next_ + kIdBlock;
-    if (end > UINT32_MAX) throw internal("project quota ids ran out");
-    write_file_atomic(counter_, std::to_string(end) + "\n", true);
-    reserved_ = end;
-  }
-  return static_cast<uint32_t>(next_++);
 }
 
 void ProjectQuota::tag(int dirfd, uint32_t id) {

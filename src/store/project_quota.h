@@ -28,6 +28,23 @@ namespace coppice::store {
 
 namespace fs = std::filesystem;
 
+// Project ids never handed out twice for one data directory: the next free id is kept in
+// `file`, reserved kBlock at a time (written and fsynced before any id of the block is used),
+// so a crash never leads to an id being used twice; ids start at `first`. Thread-safe.
+class ProjectIdCounter {
+ public:
+  static constexpr uint64_t kBlock = 1024;
+  ProjectIdCounter(fs::path file, uint32_t first);
+  // Throws Error when the file cannot be written or the ids ran out.
+  uint32_t next();
+
+ private:
+  fs::path file_;
+  std::mutex mu_;
+  uint64_t next_ = 0;      // next id to hand out
+  uint64_t reserved_ = 0;  // ids below this are reserved in the file
+};
+
 class ProjectQuota {
  public:
   // Project ids handed out start here, so that the small ids an operator may assign by hand
@@ -43,11 +60,8 @@ class ProjectQuota {
   // "xfs" or "ext4".
   const std::string& fs_type() const { return fs_type_; }
 
-  // A project id never handed out before in this data directory. The next free id is kept in
-  // a file, reserved 1024 at a time (written and fsynced before any id of the block is used),
-  // so a crash never leads to an id being used twice. Thread-safe. Throws Error when the file
-  // cannot be written or the ids ran out.
-  uint32_t new_id();
+  // A project id never handed out before in this data directory (ProjectIdCounter).
+  uint32_t new_id() { return ids_.next(); }
 
   // Gives the directory `dirfd` project `id` and FS_XFLAG_PROJINHERIT (its other flags are
   // kept). Throws Error.
@@ -70,11 +84,8 @@ class ProjectQuota {
  private:
   ProjectQuota(UniqueFd root, fs::path counter, std::string fs_type);
   UniqueFd root_;  // the data directory, for quotactl_fd
-  fs::path counter_;
   std::string fs_type_;
-  std::mutex mu_;
-  uint64_t next_ = 0;      // next id to hand out
-  uint64_t reserved_ = 0;  // ids below this are reserved in the counter file
+  ProjectIdCounter ids_;
 };
 
 }  // namespace coppice::store
