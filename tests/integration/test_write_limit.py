@@ -183,3 +183,17 @@ def test_xfs_writes_past_the_limit_fail_inside(xfs, runtime):
     # the data filesystem kept its room: the 2 GiB image never filled up
     st = os.statvfs(xfs.data_dir)
     assert st.f_bavail * st.f_frsize > 1 << 30
+
+
+def test_project_quota_facility_on_a_kernel_with_xfs_quotas():
+    """ProjectQuota.* (unit tests) in a QEMU guest whose kernel has CONFIG_XFS_QUOTA: the
+    facility itself on a real XFS prjquota mount, whatever the host kernel lacks."""
+    build = pathlib.Path(COPPICED).resolve().parent
+    if not (build / "coppice_unit_tests").exists():
+        pytest.skip(f"no coppice_unit_tests in {build}")
+    script = pathlib.Path(__file__).resolve().parents[1] / "vm" / "quota_in_vm.sh"
+    r = subprocess.run([str(script), str(build)], capture_output=True, text=True, timeout=420)
+    if r.returncode == 77:
+        pytest.skip(r.stdout.strip())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "[       OK ] ProjectQuota.CapsWritesBelowATaggedDirectoryOnXfs" in r.stdout
