@@ -6,9 +6,10 @@
 // run's `resources_limits.max_layer_bytes`. How it is enforced depends on the data filesystem,
 // found once at start (mode()):
 //  * project_quota: the run's upper/ and work/ get a fresh project id with a hard limit of
-//    the limit plus kHeadroom (store/project_quota.h); a write past it fails with EDQUOT in
-//    the sandbox. The headroom lets the engine tell "reached the limit" (the changes take more
-//    than the limit) from "came close" after the run, as the check before this one did.
+//    the limit plus kHeadroom (store/project_quota.h); a write past it fails in the sandbox
+//    (ENOSPC on XFS, EDQUOT on ext4). The headroom lets the engine tell "reached the limit" (the
+//    changes take more than the limit) from "came close" after the run, as the check before this
+//    one did.
 //  * watchdog: no project quotas here; the namespace and gVisor supervisors measure the upper
 //    now and then and kill the run past the limit plus kHeadroom (sandbox/write_watch.h).
 //  * end_of_run: nothing while the run writes (--write-limit-mode end-of-run); only the check

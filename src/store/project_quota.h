@@ -3,11 +3,12 @@
 //
 // A run's upper/ and work/ directories get a project id of their own with PROJINHERIT, so
 // every file and directory the run creates below them is charged to that project, and the
-// project gets a block (and inode) hard limit: a write past it fails with EDQUOT inside the
-// sandbox. work/ needs the same id as upper/: overlayfs creates files in work/work and renames
-// them into upper/, and XFS and ext4 refuse (EXDEV) a rename into a PROJINHERIT directory of
-// another project. layers/ never carries PROJINHERIT, so renaming an upper into layers/ stays
-// allowed; the files of a committed layer keep their project id (with no limit left on it).
+// project gets a block (and inode) hard limit: a write past it fails inside the sandbox
+// (XFS reports ENOSPC for a project quota, ext4 EDQUOT). work/ needs the same id as upper/:
+// overlayfs creates files in work/work and renames them into upper/, and XFS and ext4 refuse
+// (EXDEV) a rename into a PROJINHERIT directory of another project. layers/ never carries
+// PROJINHERIT, so renaming an upper into layers/ stays allowed; the files of a committed layer keep
+// their project id (with no limit left on it).
 //
 // Supported: XFS mounted with prjquota (pquota), and ext4 with the `project` and `quota`
 // features mounted with prjquota. Needs a kernel with quota support for that filesystem
