@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
 #include <sys/utsname.h>
@@ -759,7 +760,7 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
       layer_size = static_cast<int64_t>(tree_size(upper).bytes);
       if (over) {
         status = "FAILED";
-        error = write_limit->error(*over, res.write_limit_hit && spec.watch_writes);
+        error = write_limit->error(*over, res.write_limit_hit && res.signal == SIGKILL);
       } else {
         ImageRecord ni;
         ni.uuid = new_uuid();

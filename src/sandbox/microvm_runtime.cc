@@ -23,6 +23,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -709,9 +710,19 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
     throw Error(status,
                 "sandbox setup failed: " + (status == 400 ? guest_error.substr(4) : guest_error));
   }
-  if (!got_exit && !killed)
+  if (!got_exit && !killed) {
+    // The guest's last words (its console) say why, for the log.
+    std::string console;
+    try {
+      console = read_file(vm / "console.log");
+    } catch (const std::exception&) {
+    }
+    if (console.size() > 600) console = console.substr(console.size() - 600);
+    spdlog::warn("microvm: the VM stopped without reporting the command's exit; console: {}",
+                 console);
     throw Error(500, "microvm: the VM stopped without reporting the command's exit" +
                          (qemu_err.empty() ? std::string() : ": " + qemu_err.substr(0, 300)));
+  }
   if (got_exit && !got_end && !killed && spec.keep_changes)
     throw Error(500, "microvm: the VM stopped before sending the filesystem changes");
   if (killed && !got_exit) {

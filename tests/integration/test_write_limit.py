@@ -162,7 +162,8 @@ def test_microvm_guest_gets_enospc(plain):
     op = c.run(busybox_of(c), "dd if=/dev/zero of=/tmp/big bs=1M count=300 2>&1; echo rc=$?",
                timeout=120)
     out = stdout_of(op)
-    assert "No space left on device" in out and "rc=1" in out, op
+    log = (plain.data_dir / "server.log").read_text()[-1500:]
+    assert "No space left on device" in out and "rc=1" in out, (op.get("error"), log)
     assert op["status"] == "FAILED" and op["result_image_uuid"] is None
     caps = size_caps(c, op)
     assert caps and caps[0]["limit_bytes"] == LIMIT and LIMIT < caps[0]["file_size"] < 300 << 20
