@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "common/fd.h"
 #include "common/fsutil.h"
@@ -133,7 +135,9 @@ std::optional<uint64_t> WriteLimits::Run::exceeded(const sandbox::RunResult& res
       spdlog::warn("write limit: {}", e.what());
     }
   }
-  if (!used && res.changes_bytes) used = res.changes_bytes;
+  // The runtime's own measure counts too (a disposable microvm run leaves the host's upper
+  // empty, its changes were on the guest's disk).
+  if (res.changes_bytes) used = std::max(used.value_or(0), *res.changes_bytes);
   if (!used && (walk || res.write_limit_hit)) used = tree_size(upper).bytes;
   if (res.write_limit_hit || (used && *used > limit_)) return used.value_or(0);
   return std::nullopt;

@@ -64,8 +64,9 @@ class WriteLimits {
     uint64_t limit() const { return limit_; }  // when limited()
     bool from_max_layer_bytes() const { return from_request_; }
     // After the run: the bytes its changes take when they went past the limit, else nullopt.
-    // Reads the project's usage (quota mode), else what the runtime measured or saw, else
-    // walks `upper` when `walk` (a run whose changes are kept).
+    // The larger of the project's usage (quota mode) and what the runtime measured; with
+    // neither, walks `upper` when `walk` (a run whose changes are kept) or the runtime saw the
+    // limit passed.
     std::optional<uint64_t> exceeded(const sandbox::RunResult& res,
                                      const std::filesystem::path& upper, bool walk) const;
     // The operation's error for a run whose changes take `used` bytes (`stopped`: the
