@@ -11,7 +11,8 @@ DEB_PACKAGES := build-essential cmake ninja-build pkg-config git \
   libseccomp-dev libarchive-dev libre2-dev libspdlog-dev libfmt-dev libcli11-dev \
   libcurl4-openssl-dev libgtest-dev libgmock-dev libbenchmark-dev clang-format \
   busybox-static python3 python3-pytest curl mmdebstrap \
-  docker-registry umoci skopeo apache2-utils runc zstd libedit2 tmux nodejs runsc python3-pip qemu-system-x86 linux-image-cloud-amd64 e2fsprogs strace
+  docker-registry umoci skopeo apache2-utils runc zstd libedit2 tmux nodejs runsc python3-pip qemu-system-x86 linux-image-cloud-amd64 e2fsprogs strace \
+  xfsprogs util-linux
 
 .PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci bench-sdk bench-runtimes soak format clean
 

@@ -143,7 +143,8 @@ void Api::whoami(Exchange& ex) {
                  {"list_max_limit", kMaxListLimit},
                  {"response_max_bytes", cfg_.max_response_bytes},
                  {"upload_max_bytes", cfg_.max_upload},
-                 {"json_body_max_bytes", cfg_.max_json_body}};
+                 {"json_body_max_bytes", cfg_.max_json_body},
+                 {"write_bytes", engine_.write_limits().describe()}};
   auto counts = engine_.project_counts(ex.project);
   ex.reply_json(
       200, {{"token_uuid", ex.token_uuid},

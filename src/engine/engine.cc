@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/statvfs.h>
 #include <sys/utsname.h>
@@ -244,6 +245,7 @@ Engine::Engine(EngineConfig cfg, store::MetaStore& meta, store::LayerStore& laye
       meta_(meta),
       layers_(layers),
       runtime_(runtime),
+      write_limits_(cfg_.write_limit, layers.root()),
       scheduler_(scheduler_limits(cfg_)) {
   runtimes_[runtime.name()] = &runtime;
 }
@@ -615,14 +617,17 @@ void Engine::run_job(const Job& job) {
 // (descriptors, processes, memory: sys_error's 503) before its command started waits and is
 // tried again in a fresh run directory, so that a burst past the host's capacity queues instead
 // of failing; the resource frees up as other sandboxes end. A cancel, or kMaxResourceWait,
-// ends the waiting with the last error.
+// ends the waiting with the last error. `prepare` sets up each attempt's run directory (its
+// write limit) before the sandbox starts.
 sandbox::RunResult run_sandbox(sandbox::Runtime& runtime, sandbox::RunSpec& spec,
-                               EventObserver& obs, LiveOperation& op, store::LayerStore& layers) {
+                               EventObserver& obs, LiveOperation& op, store::LayerStore& layers,
+                               const std::function<void()>& prepare) {
   constexpr auto kMaxResourceWait = std::chrono::seconds(120);
   const auto give_up = std::chrono::steady_clock::now() + kMaxResourceWait;
   auto backoff = std::chrono::milliseconds(20);
   for (int attempt = 1;; ++attempt) {
     try {
+      prepare();
       return runtime.run(spec, obs, op.cancel_token());
     } catch (const Error& e) {
       layers.release_run_dir(spec.run_dir, false);
@@ -711,7 +716,11 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
 
   EventObserver obs(*op, req);
   const int64_t t_run = now_us();
-  sandbox::RunResult res = run_sandbox(runtime, spec, obs, *op, layers_);
+  std::optional<WriteLimits::Run> write_limit;  // cleared when it goes out of scope
+  sandbox::RunResult res = run_sandbox(runtime, spec, obs, *op, layers_, [&] {
+    write_limit.reset();
+    write_limit.emplace(write_limits_.begin(spec, req.max_layer_bytes));
+  });
   const int64_t t_ran = now_us();
   // The point of no return: from here a cancel is refused, and one accepted before (even
   // after the command ended by itself) ends the run CANCELLED without a result image.
@@ -745,6 +754,12 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
   std::optional<std::string> error;
   int64_t layer_size = 0;
   std::filesystem::path upper = spec.run_dir / "upper";
+  // The write limit, for every runtime: past it, a size_cap event, and a run whose changes
+  // were to be kept fails without an image (a disposable one keeps its exit status).
+  std::optional<uint64_t> over;
+  if (!res.cancelled) over = write_limit->exceeded(res, upper, !req.disposable);
+  if (over)
+    op->append(1, "size_cap", {{"limit_bytes", write_limit->limit()}, {"file_size", *over}});
   if (res.cancelled) {
     status = "CANCELLED";
   } else if (!req.disposable) {
@@ -763,12 +778,9 @@ void Engine::execute(const std::shared_ptr<LiveOperation>& op, const SpawnReques
       result_uuid = img->uuid;  // nothing changed: same state, same UUID (contract §4)
     } else {
       layer_size = static_cast<int64_t>(tree_size(upper).bytes);
-      if (req.max_layer_bytes && layer_size > *req.max_layer_bytes) {
-        op->append(1, "size_cap",
-                   {{"limit_bytes", *req.max_layer_bytes}, {"file_size", layer_size}});
+      if (over) {
         status = "FAILED";
-        error = fmt::format("the run's filesystem changes ({} bytes) exceed max_layer_bytes ({})",
-                            layer_size, *req.max_layer_bytes);
+        error = write_limit->error(*over, res.write_limit_hit && res.signal == SIGKILL);
       } else {
         ImageRecord ni;
         ni.uuid = new_uuid();

@@ -27,6 +27,7 @@
 #include "engine/scheduler.h"
 #include "engine/spawn_request.h"
 #include "oci/exporter.h"
+#include "engine/write_limit.h"
 #include "sandbox/runtime.h"
 #include "store/layer_store.h"
 #include "store/meta_store.h"
@@ -54,6 +55,7 @@ struct EngineConfig {
   // counted by apparent size (st_size: a sparse file counts in full) plus tar headers.
   uint64_t max_export_bytes = 32ull << 30;
   int64_t export_ttl_s = 3600;  // how long a finished export's archive can be downloaded
+  WriteLimitConfig write_limit;         // per-run write limit (write_limit.h)
 };
 
 class Engine {
@@ -128,6 +130,7 @@ class Engine {
   store::MetaStore& meta() { return meta_; }
   store::LayerStore& layer_store() { return layers_; }
   const EngineConfig& config() const { return cfg_; }
+  const WriteLimits& write_limits() const { return write_limits_; }
   size_t running() const { return scheduler_.running(); }
   // Queued and running operations of a project.
   Scheduler::Counts project_counts(const std::string& project) const {
@@ -171,6 +174,7 @@ class Engine {
   store::LayerStore& layers_;
   sandbox::Runtime& runtime_;                          // the default
   std::map<std::string, sandbox::Runtime*> runtimes_;  // by name, the default included
+  WriteLimits write_limits_;
 
   std::mutex mu_;  // guards live_
   std::map<std::string, std::shared_ptr<LiveOperation>> live_;

@@ -14,6 +14,7 @@
 #include <sys/reboot.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/time.h>
@@ -179,6 +180,17 @@ void mkdir_p(const std::string& path, uid_t uid, gid_t gid) {
 // so they do not become part of the snapshot.
 std::vector<std::string> g_created;
 
+// The scratch disk (its root, kept open across the chroot) and the bytes it used before the
+// run: the host learns how much the run's changes took (its write limit is the disk's size).
+int g_rw_fd = -1;
+uint64_t g_rw_base = 0;
+
+uint64_t rw_used() {
+  struct statvfs v {};
+  if (g_rw_fd < 0 || ::fstatvfs(g_rw_fd, &v) != 0) return 0;
+  return static_cast<uint64_t>(v.f_blocks - v.f_bfree) * v.f_frsize;
+}
+
 void mount_root(const json& spec) {
   // The image disk is the read-only one (its order on the bus is not a promise).
   bool vda_ro = read_text("/sys/block/vda/ro").rfind("1", 0) == 0;
@@ -188,6 +200,8 @@ void mount_root(const json& spec) {
        std::string("mount the image ") + image);
   must(::mount(scratch, "/rw", "ext4", 0, nullptr),
        std::string("mount the scratch disk ") + scratch);
+  g_rw_fd = ::open("/rw", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  g_rw_base = rw_used();
   ::mkdir("/rw/upper", 0755);
   ::mkdir("/rw/work", 0755);
   // The root directory's attributes come from the upper: those of the image's root.
@@ -475,6 +489,8 @@ int main() {
   ::sethostname(host.data(), host.size());
   inject_files(spec);
   json result = run_command(spec);
+  uint64_t used = rw_used();
+  result["scratch_used_bytes"] = used > g_rw_base ? used - g_rw_base : 0;
   write_frame(g_ctl, kExit, result.dump());
   if (spec.value("changes", false)) {
     // Back to the initramfs root; take the run's mounts down so the upper holds only the

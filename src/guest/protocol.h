@@ -22,7 +22,8 @@ enum FrameType : uint8_t {
   kStdout = 'O',
   kStderr = 'E',
   kExit = 'X',   // JSON: exit_code, signal, timed_out, core_dump, stdout_bytes, stderr_bytes,
-                 // user_us, sys_us, max_rss_kb, minflt, majflt, nvcsw, nivcsw, inblock, oublock
+                 // user_us, sys_us, max_rss_kb, minflt, majflt, nvcsw, nivcsw, inblock, oublock,
+                 // scratch_used_bytes (what the run's changes took on the scratch disk)
   kError = 'F',  // text: a setup failure (status 500 unless it starts with "400 ")
   kEntry = 'C',  // JSON: path (relative to the root, no leading '/'), type (dir, file, symlink,
                  // whiteout), mode, uid, gid, mtime, target, opaque

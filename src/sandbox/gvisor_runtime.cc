@@ -14,6 +14,7 @@
 // part of the snapshot as in the namespace runtime; /proc and /dev are gVisor's.
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/capability.h>
 #include <linux/sched.h>
 #include <sched.h>
 #include <signal.h>
@@ -319,6 +320,7 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
 
   r.timed_out = sv.timed_out;
   r.cancelled = sv.cancelled;
+  r.write_limit_hit = sv.write_limit_hit;
   if (sv.killed) {
     r.signal = SIGKILL;
     r.exit_code = 128 + SIGKILL;
@@ -479,10 +481,24 @@ int gvisor_init_main(int argc, char** argv) {
   mp.work = work.c_str();
   mp.merged = merged.c_str();
   ChildMsg m;
+  // overlayfs writes to the upper with the credentials of whoever mounted it, and an ext4
+  // project quota does not bind CAP_SYS_RESOURCE: mount without that capability in effect,
+  // so the run's write limit binds what the gofer writes (XFS binds everyone anyway). runsc
+  // gets it back (it raises rlimits).
+  __user_cap_header_struct caph{_LINUX_CAPABILITY_VERSION_3, 0};
+  __user_cap_data_struct caps[2]{}, saved[2]{};
+  const bool capped = ::syscall(SYS_capget, &caph, saved) == 0;
+  if (capped) {
+    caps[0] = saved[0];
+    caps[1] = saved[1];
+    caps[CAP_SYS_RESOURCE / 32].effective &= ~(1u << (CAP_SYS_RESOURCE % 32));
+    if (::syscall(SYS_capset, &caph, caps) != 0) init_fail(500, "drop CAP_SYS_RESOURCE");
+  }
   if (mount_overlay(mp, m) != 0) {
     send_error(kStatusFd, 500, m);
     _exit(1);
   }
+  if (capped && ::syscall(SYS_capset, &caph, saved) != 0) init_fail(500, "restore capabilities");
   // Mount points runsc needs: made here (and removed from the upper after the run) when the
   // image lacks them, so they never show up in the snapshot.
   uid_t root = plan["root_uid"];

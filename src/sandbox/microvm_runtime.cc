@@ -23,6 +23,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -206,6 +207,13 @@ class MicrovmRuntime final : public Runtime {
  private:
   // The image's read-only disk, from the cache (built on a miss); leased for the run.
   DiskCache::Lease image_disk(const RunSpec& spec);
+  // The scratch disk's size: room for write_limit_bytes of changes plus what ext4 keeps for
+  // itself (inode tables, bitmaps: under 2% with mkfs's defaults), so the guest gets ENOSPC
+  // soon after its changes pass the limit; cfg_.scratch_bytes for a run without a limit.
+  uint64_t scratch_size(const RunSpec& spec) const {
+    if (!spec.write_limit_bytes) return cfg_.scratch_bytes;
+    return spec.write_limit_bytes + spec.write_limit_bytes / 32 + (32ull << 20);
+  }
   // Builds the disk of spec's layer stack at `out`.
   void build_image_disk(const RunSpec& spec, const fs::path& out);
   // Boots the guest once with KVM (the agent powers off at once in probe mode): true when the
@@ -315,15 +323,21 @@ void MicrovmRuntime::build_image_disk(const RunSpec& spec, const fs::path& tmp) 
 }
 
 // Writes one change from the guest beneath `upper` (an O_PATH directory fd), refusing anything
-// that would resolve outside it.
+// that would resolve outside it. Past `limit` bytes (a block per entry plus the data; 0 = no
+// limit), or when the host's filesystem refuses a write for want of space or quota, it stops
+// writing and says so (full()): the run went past its write limit, and its changes are not
+// kept.
 class ChangeWriter {
  public:
-  ChangeWriter(const fs::path& upper, uid_t base, uid_t range) : base_(base), range_(range) {
+  ChangeWriter(const fs::path& upper, uid_t base, uid_t range, uint64_t limit)
+      : base_(base), range_(range), limit_(limit) {
     root_.reset(::open(upper.c_str(), O_DIRECTORY | O_RDONLY | O_CLOEXEC));
     if (!root_) throw sys_error("open " + upper.string());
   }
+  bool full() const { return full_; }
   void entry(const json& h) {
     file_.reset();
+    if (full_ || !take(4096)) return;
     std::string path = h.at("path");
     if (path.empty() || path.front() == '/' || path.size() > 4096)
       throw Error(502, "microvm: bad path from the guest: " + path);
@@ -376,18 +390,37 @@ class ChangeWriter {
     }
   }
   void data(const std::string& bytes) {
+    if (full_) return;
     if (!file_) throw Error(502, "microvm: file data without a file entry");
+    if (!take(bytes.size())) return;
     size_t off = 0;
     while (off < bytes.size()) {
       ssize_t n = ::write(file_.get(), bytes.data() + off, bytes.size() - off);
+      if (n < 0 && (errno == ENOSPC || errno == EDQUOT)) {
+        full_ = true;
+        file_.reset();
+        return;
+      }
       if (n <= 0) throw sys_error("microvm: write a changed file");
       off += static_cast<size_t>(n);
     }
   }
 
  private:
+  // Counts `n` more bytes; false (and full) once past the limit.
+  bool take(uint64_t n) {
+    written_ += n;
+    if (limit_ && written_ > limit_) {
+      full_ = true;
+      file_.reset();
+    }
+    return !full_;
+  }
   UniqueFd root_, file_;
   uid_t base_, range_;
+  uint64_t limit_;
+  uint64_t written_ = 0;
+  bool full_ = false;
 };
 
 RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, CancelToken& cancel) {
@@ -402,11 +435,11 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   fs::path scratch = vm / "scratch.ext4";
   {
     UniqueFd fd(::open(scratch.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!fd || ::ftruncate(fd.get(), static_cast<off_t>(cfg_.scratch_bytes)) != 0 ||
+    if (!fd || ::ftruncate(fd.get(), static_cast<off_t>(scratch_size(spec))) != 0 ||
         ::fchown(fd.get(), cfg_.uid_base, cfg_.uid_base) != 0)
       throw sys_error("create " + scratch.string());
   }
-  int ws = run_and_wait({cfg_.mkfs, "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-E",
+  int ws = run_and_wait({cfg_.mkfs, "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-E",
                          "lazy_itable_init=1", scratch.string()});
   if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
     throw Error(500, "microvm: mkfs of the scratch disk failed");
@@ -570,7 +603,8 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   bool got_exit = false, got_end = false, killed = false, started = false;
   std::string guest_error;
   uint64_t kept[2] = {0, 0};
-  ChangeWriter changes(spec.run_dir / "upper", cfg_.uid_base, cfg_.uid_range);
+  ChangeWriter changes(spec.run_dir / "upper", cfg_.uid_base, cfg_.uid_range,
+                       spec.write_limit_bytes);
   g::FrameReader reader;
   auto boot_deadline = t0 + cfg_.boot_timeout;
   auto deadline = boot_deadline;
@@ -673,9 +707,19 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
     throw Error(status,
                 "sandbox setup failed: " + (status == 400 ? guest_error.substr(4) : guest_error));
   }
-  if (!got_exit && !killed)
+  if (!got_exit && !killed) {
+    // The guest's last words (its console) say why, for the log.
+    std::string console;
+    try {
+      console = read_file(vm / "console.log");
+    } catch (const std::exception&) {
+    }
+    if (console.size() > 600) console = console.substr(console.size() - 600);
+    spdlog::warn("microvm: the VM stopped without reporting the command's exit; console: {}",
+                 console);
     throw Error(500, "microvm: the VM stopped without reporting the command's exit" +
                          (qemu_err.empty() ? std::string() : ": " + qemu_err.substr(0, 300)));
+  }
   if (got_exit && !got_end && !killed && spec.keep_changes)
     throw Error(500, "microvm: the VM stopped before sending the filesystem changes");
   if (killed && !got_exit) {
@@ -688,6 +732,9 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
     r.timed_out = r.timed_out || exit_info.value("timed_out", false);
     if (r.timed_out && r.signal < 0) r.signal = SIGKILL;
   }
+  if (exit_info.contains("scratch_used_bytes"))
+    r.changes_bytes = exit_info.value("scratch_used_bytes", uint64_t{0});
+  r.write_limit_hit = changes.full();
   r.stdout_bytes = exit_info.value("stdout_bytes", kept[0]);
   r.stderr_bytes = exit_info.value("stderr_bytes", kept[1]);
   r.oom_killed = cs.oom_killed;

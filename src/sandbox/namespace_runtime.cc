@@ -316,6 +316,7 @@ RunResult NamespaceRuntime::run(const RunSpec& spec, RunObserver& observer, Canc
   bool killed = sv.killed;
   r.timed_out = sv.timed_out;
   r.cancelled = sv.cancelled;
+  r.write_limit_hit = sv.write_limit_hit;
   auto elapsed = sv.elapsed;
 
   CgroupStats cs = st.cgroups->stats();

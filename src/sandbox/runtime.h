@@ -63,6 +63,15 @@ struct RunSpec {
   // False when the caller will discard run_dir/upper (a disposable run): a runtime that has
   // to copy the changes out of its sandbox (microvm) may skip that work.
   bool keep_changes = true;
+  // The most the run's changes may take on disk (bytes; 0 = no limit), from the engine's write
+  // limit (engine/write_limit.h). On a data filesystem with project quotas the kernel enforces
+  // it on run_dir/upper (set up by the engine before run()). The microvm runtime sizes the
+  // guest's scratch disk from it and stops copying the changes out past it, whatever the host.
+  uint64_t write_limit_bytes = 0;
+  // Set when nothing enforces write_limit_bytes while the run writes (no project quotas): the
+  // supervisor (supervise.h) then measures run_dir/upper from time to time and kills the run
+  // once it holds more. The namespace and gvisor runtimes honour it.
+  bool watch_writes = false;
 };
 
 enum class Stream { kStdout, kStderr };
@@ -109,6 +118,12 @@ struct RunResult {
   bool oom_killed = false;    // the memory limit's OOM killer fired
   uint64_t stdout_bytes = 0;  // total produced, kept or not
   uint64_t stderr_bytes = 0;
+  // The runtime saw the run's changes pass spec.write_limit_bytes: the write watchdog killed
+  // it, or (microvm) the changes copied out of the guest did not fit.
+  bool write_limit_hit = false;
+  // Bytes the run's changes took as the runtime measured them, when it did (microvm: the used
+  // space of the guest's scratch disk; the only measure of a disposable microvm run).
+  std::optional<uint64_t> changes_bytes;
   Resources resources;
 };
 
@@ -191,9 +206,10 @@ struct MicrovmConfig {
   gid_t kvm_gid = 0;                             // group that may open /dev/kvm (0: none)
   uint64_t default_memory_bytes = 512ull << 20;  // guest RAM unless the run asks
   uint64_t default_pids = 1024;                  // the command's processes (in the guest)
-  uint64_t scratch_bytes = 4ull << 30;           // the guest's writable disk (sparse)
-  uint64_t image_cache_bytes = 8ull << 30;       // image disks kept (least recently used out)
-  std::chrono::seconds boot_timeout{60};  // TCG boots take seconds (3 s here, more when busy)
+  uint64_t scratch_bytes = 4ull << 30;      // the guest's writable disk (sparse) for a run without
+                                            // a write limit; else sized from write_limit_bytes
+  uint64_t image_cache_bytes = 8ull << 30;  // image disks kept (least recently used out)
+  std::chrono::seconds boot_timeout{60};    // TCG boots take seconds (3 s here, more when busy)
   std::string cgroup_name = "coppice-microvm";
   // Why this configuration cannot run VMs ("" when it can).
   bool usable(std::string* why) const;

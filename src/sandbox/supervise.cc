@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "sandbox/write_watch.h"
 
 namespace coppice::sandbox {
 
@@ -191,6 +192,7 @@ Supervised supervise(SuperviseIo& io, const RunSpec& spec, RunObserver& observer
     }
   };
   const auto deadline = t0 + spec.timeout;
+  WriteWatch watch(spec.run_dir / "upper", spec.watch_writes ? spec.write_limit_bytes : 0, t0);
   bool exited = false;
   auto kill_once = [&] {
     if (r.killed) return;
@@ -209,7 +211,9 @@ Supervised supervise(SuperviseIo& io, const RunSpec& spec, RunObserver& observer
     fds[nfds++] = {io.exit_fd, POLLIN, 0};
     int timeout_ms = -1;
     if (!r.killed) {
-      auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
+      auto until = deadline;
+      if (auto due = watch.due()) until = std::min(until, *due);
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()).count();
       timeout_ms = static_cast<int>(std::clamp<int64_t>(left, 0, 1 << 30));
     }
     int rc = ::poll(fds, static_cast<nfds_t>(nfds), timeout_ms);
@@ -219,6 +223,10 @@ Supervised supervise(SuperviseIo& io, const RunSpec& spec, RunObserver& observer
     }
     if (!r.killed && Clock::now() >= deadline) {
       r.timed_out = true;
+      kill_once();
+    }
+    if (!r.killed && watch.check(Clock::now())) {
+      r.write_limit_hit = true;
       kill_once();
     }
     // The runtime's status (the spawn record among it) before the output, so a command's

@@ -100,12 +100,14 @@ struct SuperviseIo {
 struct Supervised {
   bool timed_out = false;
   bool cancelled = false;
-  bool killed = false;                          // kill() was called (timeout or cancel)
+  bool killed = false;           // kill() was called (timeout, cancel or write limit)
+  bool write_limit_hit = false;  // killed by the write watchdog (spec.watch_writes)
   uint64_t stdout_bytes = 0, stderr_bytes = 0;  // produced, kept or not
   Clock::duration elapsed{};                    // t0 to the exit
 };
 
-// Runs the loop described above. `kill` must make the sandbox's processes die (it is called
+// Runs the loop described above, with the write watchdog of write_watch.h when
+// spec.watch_writes. `kill` must make the sandbox's processes die (it is called
 // at most once); `reap` waits for the top process (called once it exited, before the drain).
 Supervised supervise(SuperviseIo& io, const RunSpec& spec, RunObserver& observer,
                      CancelToken& cancel, Clock::time_point t0, const std::function<void()>& kill,

@@ -94,6 +94,9 @@ struct ServeOptions {
   uint64_t microvm_cache_mb = 8192;    // image disks kept for the microVM runtime
   uint64_t max_import_mb = 32768;      // expanded size of one import (decompression bombs)
   uint64_t max_import_entries = 2000000;
+  uint64_t max_run_write_mb = 10240;   // per-run write limit (0: only max_layer_bytes)
+  uint64_t max_run_inodes = 1000000;   // files a run may create (with project quotas)
+  std::string write_limit_mode = "auto";
 };
 
 // Every queued operation holds an eventfd, every live sandbox about eight descriptors and every
@@ -212,6 +215,9 @@ int serve(const Paths& paths, const ServeOptions& o) {
   ec.max_import_timeout_s = o.max_timeout_s;
   ec.max_import_bytes = o.max_import_mb << 20;
   ec.max_import_entries = o.max_import_entries;
+  ec.write_limit.default_bytes = o.max_run_write_mb << 20;
+  ec.write_limit.max_inodes = o.max_run_inodes;
+  ec.write_limit.mode = o.write_limit_mode;
   ec.registry.insecure = o.insecure_registries;
   ec.registry.allowed = o.allowed_registries;
   for (const auto& m : o.registry_mirrors) {
@@ -394,6 +400,21 @@ int main(int argc, char** argv) {
                    "most files and directories one image import or archive may hold (0 = no cap)")
       ->capture_default_str();
   serve_cmd->add_option("--pids", so.pids, "default pids limit per sandbox")->capture_default_str();
+  serve_cmd
+      ->add_option("--max-run-write-mb", so.max_run_write_mb,
+                   "most a run's filesystem changes may take (MiB; a run's max_layer_bytes may "
+                   "lower it; 0: max_layer_bytes only)")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--max-run-inodes", so.max_run_inodes,
+                   "files and directories a run may create (with project quotas)")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--write-limit-mode", so.write_limit_mode,
+                   "how the write limit binds a running sandbox: auto (project quotas when the "
+                   "data filesystem has them, else a watchdog) | project-quota | watchdog | "
+                   "end-of-run")
+      ->capture_default_str();
   serve_cmd->add_option("--max-timeout", so.max_timeout_s, "largest timeout a run may ask for (s)")
       ->capture_default_str();
   serve_cmd

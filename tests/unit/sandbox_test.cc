@@ -17,6 +17,7 @@
 
 #include "common/error.h"
 #include "common/fsutil.h"
+#include "engine/write_limit.h"
 #include "sandbox/cgroups.h"
 #include "sandbox/runtime.h"
 
@@ -413,6 +414,68 @@ TEST_F(SandboxTest, ResourcesAndLatency) {
   std::sort(ms.begin(), ms.end());
   std::printf("[ sandbox ] /bin/true run: p50 %.2f ms, p90 %.2f ms, max %.2f ms\n", ms[15], ms[27],
               ms.back());
+}
+
+// The write limit in a real sandbox (engine/write_limit.h): a run's upper is set up by
+// WriteLimits::begin as the engine does it. With project quotas on the filesystem of /var/tmp
+// (an XFS prjquota mount: tests/vm/quota_in_vm.sh runs this in a guest whose kernel has them)
+// the command's own writes fail; the watchdog kills a run past its limit everywhere else.
+TEST_F(SandboxTest, WriteLimitFailsTheCommandsWritesWithProjectQuotas) {
+  engine::WriteLimitConfig cfg;
+  cfg.default_bytes = 8 << 20;
+  make_dirs(env->root_ / "tmp");
+  engine::WriteLimits limits(cfg, env->root_);
+  if (limits.mode() != engine::WriteLimits::Mode::kProjectQuota)
+    GTEST_SKIP() << "no project quotas below /var/tmp: " << limits.describe()["detail"];
+  for (int i = 0; i < 2; ++i) {  // the second run reuses nothing of the first's project
+    RunSpec s = env->spec({"sh", "-c",
+                           "echo x > /etc/copied; dd if=/dev/zero of=/tmp/big bs=1M count=100 "
+                           "2>&1; echo rc=$?"});
+    auto wl = limits.begin(s, std::nullopt);
+    Collect c;
+    RunResult r = env->run(s, c);
+    EXPECT_EQ(r.exit_code, 0) << c.out << c.err;
+    EXPECT_TRUE(c.out.find("No space left on device") != std::string::npos ||
+                c.out.find("Disk quota exceeded") != std::string::npos)
+        << c.out;
+    EXPECT_NE(c.out.find("rc=1"), std::string::npos) << c.out;
+    auto over = wl.exceeded(r, s.run_dir / "upper", true);
+    ASSERT_TRUE(over);
+    EXPECT_GT(*over, 8u << 20);
+    EXPECT_LE(*over, (8u << 20) + engine::WriteLimits::kHeadroom + (1u << 20));
+    remove_tree(s.run_dir);
+  }
+}
+
+TEST_F(SandboxTest, WriteWatchdogStopsARunPastItsLimit) {
+  engine::WriteLimitConfig cfg;
+  cfg.default_bytes = 8 << 20;
+  cfg.mode = "watchdog";
+  engine::WriteLimits limits(cfg, env->root_);
+  RunSpec s = env->spec({"sh", "-c", "dd if=/dev/zero of=/tmp/big bs=1M count=3000; echo rc=$?"});
+  auto wl = limits.begin(s, std::nullopt);
+  EXPECT_TRUE(s.watch_writes);
+  Collect c;
+  auto t0 = std::chrono::steady_clock::now();
+  RunResult r = env->run(s, c);
+  EXPECT_TRUE(r.write_limit_hit);
+  EXPECT_EQ(r.exit_code, 137);
+  EXPECT_EQ(c.out.find("rc="), std::string::npos);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(8));
+  auto over = wl.exceeded(r, s.run_dir / "upper", false);
+  ASSERT_TRUE(over);
+  EXPECT_GT(*over, 8u << 20);
+  EXPECT_LT(*over, 3000ull << 20);
+  remove_tree(s.run_dir);
+  // a run within its limit is left alone
+  RunSpec ok = env->spec({"sh", "-c", "dd if=/dev/zero of=/tmp/f bs=1M count=2; sleep 0.3"});
+  auto wl2 = limits.begin(ok, std::nullopt);
+  Collect c2;
+  RunResult r2 = env->run(ok, c2);
+  EXPECT_FALSE(r2.write_limit_hit);
+  EXPECT_EQ(r2.exit_code, 0);
+  EXPECT_FALSE(wl2.exceeded(r2, ok.run_dir / "upper", true));
+  remove_tree(ok.run_dir);
 }
 
 }  // namespace
