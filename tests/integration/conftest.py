@@ -58,11 +58,11 @@ def busybox(client):
 
 
 @pytest.fixture()
-def probe_files(client):
+def probe_files(server):
     """`files` of a spawn that puts the probe at /probe (executable)."""
     assert os.path.exists(PROBE), f"build coppice-test-probe first ({PROBE})"
     with open(PROBE, "rb") as f:
-        uuid = client.upload(f.read())["uuid"]
+        uuid = Client(server.url, server.token).upload(f.read())["uuid"]
     return {"/probe": {"uuid": uuid, "mode": "0755"}}
 
 
