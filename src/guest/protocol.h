@@ -5,6 +5,8 @@
 // by kData chunks for regular files and one kEnd. The host answers the guest's last frame (kEnd,
 // kExit of a disposable run, or kError) with kDone, and only then the guest powers off: a
 // virtio-serial write returns once queued, so a guest that powered off at once could lose it.
+// The host does not trust the guest with this order or with time: it accepts each frame only
+// in its place above and keeps its own deadlines (sandbox/vm_session.h).
 #pragma once
 
 #include <unistd.h>

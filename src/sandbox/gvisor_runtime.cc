@@ -119,25 +119,36 @@ json oci_config(const RunSpec& spec, const GvisorConfig& cfg, uint64_t pids) {
 
 // After `runsc run` exited: sets *crashed when it left a container's state file behind in its
 // --root directory (a clean runsc always deletes its container, whatever the command did) or
-// when a gVisor process wrote to the panic log, and then returns the start of the panic log and
-// the end of runsc's own log, on one line, for the error and the server log.
-std::string runsc_logs(const fs::path& state, bool* crashed) {
+// when the panic log shows a crash (read_panic_log: runsc's informational lines there, such as
+// the raw-socket warning, are no crash), and then returns the panic log from its first crash
+// line and the end of runsc's own log, on one line, for the error and the server log. The
+// informational lines go to the server's debug log.
+std::string runsc_logs(const fs::path& state, const std::string& id, bool* crashed) {
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(state, ec))
     if (e.path().extension() == ".state") *crashed = true;
-  if (fs::file_size(state / "panic.log", ec) > 0 && !ec) *crashed = true;
+  std::string panic_text;
+  try {
+    panic_text = read_file(state / "panic.log");
+  } catch (const std::exception&) {
+  }
+  PanicLog panic = read_panic_log(panic_text);
+  for (const auto& note : panic.notes) spdlog::debug("gvisor run {}: runsc: {}", id, note);
+  if (panic.crashed) *crashed = true;
   if (!*crashed) return "";
-  // The panic log starts with the reason (`fatal error: …`, `panic: …`) and goes on with
-  // goroutine dumps; runsc's own log ends with its last word.
+  // The crash starts with the reason (`fatal error: …`, `panic: …`) and goes on with goroutine
+  // dumps; runsc's own log ends with its last word.
   std::string out;
   for (const char* name : {"panic.log", "runsc.log"}) {
-    std::string text;
-    try {
-      text = read_file(state / name);
-    } catch (const std::exception&) {
-      continue;
-    }
     const bool head = std::string_view(name) == "panic.log";
+    std::string text = panic.crash;
+    if (!head) {
+      try {
+        text = read_file(state / name);
+      } catch (const std::exception&) {
+        continue;
+      }
+    }
     if (text.size() > 300) text = head ? text.substr(0, 300) : text.substr(text.size() - 300);
     for (char& c : text)
       if (c == '\n' || c == '\t') c = ' ';
@@ -310,7 +321,7 @@ RunResult GvisorRuntime::run(const RunSpec& spec, RunObserver& observer, CancelT
   end.oom_killed = cs.oom_killed;
   end.memory_limit_hit = hit.memory;
   end.pids_limit_hit = hit.pids;
-  std::string runsc_log = runsc_logs(state, &end.runsc_crashed);
+  std::string runsc_log = runsc_logs(state, id, &end.runsc_crashed);
   remove_created_mountpoints(spec.run_dir / "upper", created);
   remove_tree(bundle);
   remove_tree(state);

@@ -7,12 +7,15 @@
 //     namespace mapping sandbox root to uid_base (so owners come out unshifted), mounts the
 //     overlay of the layers, and execs `mkfs.ext4 -d`.
 //  2. A fresh sparse ext4 scratch disk for the guest's overlay upper.
-//  3. QEMU as the unprivileged uid_base, in the run's cgroups, no network device; the agent
-//     talks to us over a virtio-serial port (src/guest/protocol.h): we send the spec (with the
-//     files to inject), it streams output, enforces the timeout and the output cap, reports the
-//     exit status, and for non-disposable runs sends the upper directory's entries, which we
-//     write into run_dir/upper with owners shifted, whiteouts and opaque directories in the
-//     store's format. Paths from the guest are resolved beneath the upper directory only.
+//  3. QEMU in its jail (qemu_jail.h: own mount, network and pid namespaces, a dedicated uid
+//     that owns nothing, its seccomp sandbox, the run's files as descriptors), in the run's
+//     cgroups, no network device; the agent talks to us over a virtio-serial port
+//     (src/guest/protocol.h): we send the spec (with the files to inject), it streams output,
+//     enforces the timeout and the output cap, reports the exit status, and for non-disposable
+//     runs sends the upper directory's entries, which we write into run_dir/upper with owners
+//     shifted, whiteouts and opaque directories in the store's format. Paths from the guest
+//     are resolved beneath the upper directory only. The guest is not trusted with time:
+//     vm_session.h holds the host's deadlines, which no frame extends.
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
@@ -54,10 +57,12 @@
 #include "sandbox/cgroups.h"
 #include "sandbox/disk_cache.h"
 #include "sandbox/mounts.h"
+#include "sandbox/qemu_jail.h"
 #include "sandbox/run_dir.h"
 #include "sandbox/runtime.h"
 #include "sandbox/supervise.h"
 #include "sandbox/user_ns.h"
+#include "sandbox/vm_session.h"
 
 namespace coppice::sandbox {
 
@@ -187,8 +192,16 @@ class MicrovmRuntime final : public Runtime {
       : cfg_(cfg),
         cgroups_(cfg.cgroup_name),
         images_(cfg.state_dir / "images", cfg.image_cache_bytes) {
-    // QEMU runs unprivileged: it must read the initramfs and the image disks.
-    ::chmod(cfg_.state_dir.c_str(), 0755);
+    // QEMU gets the disks as descriptors and the kernel and initramfs as binds into its jail:
+    // nothing here needs to be reachable by another uid.
+    if (cfg_.qemu_uid == 0 || cfg_.qemu_gid == 0 ||
+        (cfg_.qemu_uid >= cfg_.uid_base && cfg_.qemu_uid - cfg_.uid_base < cfg_.uid_range) ||
+        (cfg_.qemu_gid >= cfg_.uid_base && cfg_.qemu_gid - cfg_.uid_base < cfg_.uid_range))
+      throw Error(400, fmt::format("microvm: QEMU's uid/gid {}/{} must be neither 0 nor in the "
+                                   "sandbox range {}-{} (--microvm-uid)",
+                                   cfg_.qemu_uid, cfg_.qemu_gid, cfg_.uid_base,
+                                   cfg_.uid_base + cfg_.uid_range - 1));
+    ::chmod(cfg_.state_dir.c_str(), 0700);
     initramfs_ = cfg_.state_dir / "initramfs.cpio";
     build_initramfs(cfg_, initramfs_);
     if (cfg_.accel == "auto") cfg_.accel = probe_kvm() ? "kvm" : "tcg";
@@ -219,6 +232,13 @@ class MicrovmRuntime final : public Runtime {
   // Boots the guest once with KVM (the agent powers off at once in probe mode): true when the
   // VM came up and shut down cleanly within 20 s.
   bool probe_kvm();
+  // QEMU's jail for a VM whose private directory is `dir` (the jail's root is mounted on
+  // dir/jail, in QEMU's mount namespace only).
+  QemuJailConfig jail(const fs::path& dir, bool kvm) const;
+  // The arguments every VM gets: machine, accelerator, CPU, memory, no default devices, no
+  // network, QEMU's seccomp sandbox, kernel, initramfs and the command line.
+  std::vector<std::string> base_args(const std::string& accel, uint64_t mem_mb,
+                                     const std::string& append) const;
   MicrovmConfig cfg_;
   CgroupManager cgroups_;
   fs::path initramfs_;
@@ -228,6 +248,35 @@ class MicrovmRuntime final : public Runtime {
   int64_t last_boot_ms_ = -1;
 };
 
+QemuJailConfig MicrovmRuntime::jail(const fs::path& dir, bool kvm) const {
+  QemuJailConfig j;
+  j.qemu = cfg_.qemu;
+  j.uid = cfg_.qemu_uid;
+  j.gid = cfg_.qemu_gid;
+  j.kvm_gid = cfg_.kvm_gid;
+  j.kvm = kvm;
+  j.mount_point = dir / "jail";
+  make_dirs(j.mount_point, 0700);
+  j.files = {{cfg_.kernel, "/vm/kernel"}, {initramfs_, "/vm/initrd"}};
+  return j;
+}
+
+std::vector<std::string> MicrovmRuntime::base_args(const std::string& accel, uint64_t mem_mb,
+                                                   const std::string& append) const {
+  std::vector<std::string> a;
+  auto add = [&](std::initializer_list<std::string> xs) { a.insert(a.end(), xs); };
+  add({"-M", "q35", "-accel", accel, "-cpu", accel == "kvm" ? "host" : "max"});
+  add({"-m", std::to_string(mem_mb), "-smp", "1"});
+  add({"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot", "-nic", "none"});
+  add({"-kernel", "/vm/kernel", "-initrd", "/vm/initrd", "-append", append});
+  for (auto& x : qemu_sandbox_args()) a.push_back(x);
+  if (!cfg_.bios.empty()) {
+    a.push_back("-bios");
+    a.push_back(cfg_.bios);
+  }
+  return a;
+}
+
 bool MicrovmRuntime::probe_kvm() {
   UniqueFd kvm(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
   if (!kvm) {
@@ -235,19 +284,39 @@ bool MicrovmRuntime::probe_kvm() {
     return false;
   }
   kvm.reset();
-  fs::path log = cfg_.state_dir / "kvm-probe.log";
-  std::string cmd = fmt::format(
-      "timeout 20 setpriv --reuid={0} --regid={0} --groups={1} {2} -M q35 {6} -accel kvm -cpu host "
-      "-m 256 -no-user-config -display none -monitor none -no-reboot -nic none -serial none "
-      "-kernel {3} -initrd {4} "
-      "-append 'console=ttyS0 quiet panic=-1 coppice.probe' >{5} 2>&1",
-      cfg_.uid_base, cfg_.kvm_gid, cfg_.qemu, cfg_.kernel.string(), initramfs_.string(),
-      log.string(), cfg_.bios.empty() ? "" : "-bios " + cfg_.bios);
+  fs::path dir = cfg_.state_dir / "kvm-probe";
+  remove_tree(dir);
+  make_dirs(dir, 0700);
+  std::string out;
+  int ws = -1;
   auto t0 = Clock::now();
-  int ws = std::system(cmd.c_str());
+  try {
+    QemuLaunch launch(jail(dir, true),
+                      base_args("kvm", 256, "console=ttyS0 quiet panic=-1 coppice.probe"), {});
+    Pipe err;
+    int pidfd = -1;
+    pid_t pid = launch.start(-1, {}, err.wr.get(), &pidfd);
+    UniqueFd pfd(pidfd);
+    err.wr.reset();
+    pollfd p{pfd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 20000) <= 0) {
+      ::syscall(SYS_pidfd_send_signal, pfd.get(), SIGKILL, nullptr, 0);
+      out = "the VM did not power off within 20 s\n";
+    }
+    while (::waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
+    }
+    set_nonblock(err.rd.get());
+    char b[4096];
+    ssize_t n;
+    std::string qemu_out;
+    while ((n = ::read(err.rd.get(), b, sizeof b)) > 0 && qemu_out.size() < 8192)
+      qemu_out.append(b, static_cast<size_t>(n));
+    out = qemu_out.empty() ? out : qemu_out;
+  } catch (const std::exception& e) {
+    out = e.what();
+  }
+  remove_tree(dir);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
-  std::string out = read_file(log);
-  ::unlink(log.c_str());
   bool ok = WIFEXITED(ws) && WEXITSTATUS(ws) == 0;
   if (ok) {
     kvm_probe_ = fmt::format("booted and powered off in {} ms", ms);
@@ -276,18 +345,20 @@ void MicrovmRuntime::build_image_disk(const RunSpec& spec, const fs::path& tmp) 
   fs::path work = spec.run_dir.string() + ".mkimage";
   remove_tree(work);
   prepare_run_dir(work, cfg_.uid_base);
-  {
-    UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-    if (!fd || ::fchown(fd.get(), cfg_.uid_base, cfg_.uid_base) != 0)
-      throw sys_error("create " + tmp.string());
-  }
+  // The disk is written through a descriptor (fd 3 of the mkimage process, reopened by mkfs
+  // and debugfs as /proc/self/fd/3): the cache directory stays private to the server. Owned
+  // by sandbox root while it is built, by root afterwards.
+  UniqueFd disk_fd(::open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!disk_fd || ::fchown(disk_fd.get(), cfg_.uid_base, cfg_.uid_base) != 0)
+    throw sys_error("create " + tmp.string());
+  const std::string disk_arg = "/proc/self/fd/3";
   json plan = {{"lowers", json::array()},
                {"work", work.string()},
                {"debugfs", (fs::path(cfg_.mkfs).parent_path() / "debugfs").string()},
                {"mkfs",
                 {cfg_.mkfs, "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-N",
-                 std::to_string(files * 5 / 4 + 1024), "-d", (work / "merged").string(),
-                 tmp.string(), fmt::format("{}M", size_mb)}}};
+                 std::to_string(files * 5 / 4 + 1024), "-d", (work / "merged").string(), disk_arg,
+                 fmt::format("{}M", size_mb)}}};
   for (const auto& l : spec.lower_layers) plan["lowers"].push_back(l.string());
   write_file_atomic(work / "plan.json", plan.dump(), false);
   // clone into a new user + mount namespace; the parent writes the id maps; the child then
@@ -296,7 +367,7 @@ void MicrovmRuntime::build_image_disk(const RunSpec& spec, const fs::path& tmp) 
   std::string exe = cfg_.self_exe, arg1 = "__microvm-mkimage", arg2 = (work / "plan.json").string();
   char* argv[] = {exe.data(), arg1.data(), arg2.data(), nullptr};
   char* envp[] = {nullptr};
-  int sync_rd = sync.rd.get();
+  int sync_rd = sync.rd.get(), disk = disk_fd.get();
   clone_args ca{};
   ca.flags = CLONE_NEWUSER | CLONE_NEWNS;
   ca.exit_signal = SIGCHLD;
@@ -304,6 +375,7 @@ void MicrovmRuntime::build_image_disk(const RunSpec& spec, const fs::path& tmp) 
   if (rc == 0) {
     char go;
     if (::read(sync_rd, &go, 1) != 1) _exit(1);
+    if (::dup2(disk, 3) != 3) _exit(1);  // without close-on-exec
     // uid 0 of the namespace before execve, or the exec drops every capability.
     if (become_namespace_root() != 0) _exit(3);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -320,6 +392,9 @@ void MicrovmRuntime::build_image_disk(const RunSpec& spec, const fs::path& tmp) 
   remove_tree(work);
   if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
     throw Error(500, fmt::format("microvm: building the image disk failed (status {:#x})", ws));
+  // Built; from now on only the server opens it (QEMU gets a read-only descriptor).
+  if (::fchown(disk_fd.get(), 0, 0) != 0 || ::fchmod(disk_fd.get(), 0600) != 0)
+    throw sys_error("chown " + tmp.string());
 }
 
 // Writes one change from the guest beneath `upper` (an O_PATH directory fd), refusing anything
@@ -430,19 +505,29 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   const fs::path disk = disk_lease.path();
   fs::path vm = spec.run_dir / "vm";
   make_dirs(vm, 0700);
-  if (::chown(vm.c_str(), cfg_.uid_base, cfg_.uid_base) != 0)
-    throw sys_error("chown " + vm.string());
   fs::path scratch = vm / "scratch.ext4";
   {
     UniqueFd fd(::open(scratch.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (!fd || ::ftruncate(fd.get(), static_cast<off_t>(scratch_size(spec))) != 0 ||
-        ::fchown(fd.get(), cfg_.uid_base, cfg_.uid_base) != 0)
+    if (!fd || ::ftruncate(fd.get(), static_cast<off_t>(scratch_size(spec))) != 0)
       throw sys_error("create " + scratch.string());
   }
   int ws = run_and_wait({cfg_.mkfs, "-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-E",
                          "lazy_itable_init=1", scratch.string()});
   if (!WIFEXITED(ws) || WEXITSTATUS(ws) != 0)
     throw Error(500, "microvm: mkfs of the scratch disk failed");
+  // QEMU's descriptors: the image disk (read-only), the scratch disk (QEMU asks for a read-only
+  // and a read-write one of the same fdset), and its ends of the control and console sockets.
+  UniqueFd image_fd(::open(disk.c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd scratch_rw(::open(scratch.c_str(), O_RDWR | O_CLOEXEC));
+  UniqueFd scratch_ro(::open(scratch.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!image_fd || !scratch_rw || !scratch_ro) throw sys_error("microvm: open the disks");
+  int sv[2], cv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    throw sys_error("microvm: socketpair");
+  UniqueFd ctl(sv[0]), qemu_ctl(sv[1]);
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, cv) != 0)
+    throw sys_error("microvm: socketpair");
+  UniqueFd console(cv[0]), qemu_console(cv[1]);
 
   json files = json::array();
   for (const auto& f : spec.files)
@@ -467,121 +552,47 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   for (const auto& e : spec.env) has_path = has_path || e.rfind("PATH=", 0) == 0;
   if (!has_path) gspec["env"].push_back(std::string("PATH=") + kDefaultPath);
 
-  fs::path sock = vm / "ctl.sock";
-  uint64_t mem_mb =
-      (spec.limits.memory_bytes ? spec.limits.memory_bytes : cfg_.default_memory_bytes) >> 20;
-  std::vector<std::string> args = {
-      cfg_.qemu,
-      "-M",
-      "q35",
-      "-accel",
-      cfg_.accel,
-      "-cpu",
-      cfg_.accel == "kvm" ? "host" : "max",
-      "-m",
-      std::to_string(std::max<uint64_t>(mem_mb, 128)),
-      "-smp",
-      "1",
-      "-no-user-config",
-      "-display",
-      "none",
-      "-monitor",
-      "none",
-      "-no-reboot",
-      "-nic",
-      "none",
-      "-kernel",
-      cfg_.kernel.string(),
-      "-initrd",
-      initramfs_.string(),
-      "-append",
-      "console=ttyS0 quiet panic=-1",
-      "-serial",
-      "file:" + (vm / "console.log").string(),
-      "-drive",
-      fmt::format("id=img,file={},format=raw,if=none,readonly=on", disk.string()),
-      "-device",
-      "virtio-blk-pci,drive=img",
-      "-drive",
-      fmt::format("id=rw,file={},format=raw,if=none", scratch.string()),
-      "-device",
-      "virtio-blk-pci,drive=rw",
-      "-device",
-      "virtio-serial-pci",
-      "-chardev",
-      fmt::format("socket,id=ctl,path={},server=on,wait=off", sock.string()),
-      "-device",
-      "virtserialport,chardev=ctl,name=coppice"};
-  if (!cfg_.bios.empty()) {
-    args.insert(args.begin() + 1, cfg_.bios);
-    args.insert(args.begin() + 1, "-bios");
-  }
-  std::vector<char*> av;
-  for (auto& a : args) av.push_back(a.data());
-  av.push_back(nullptr);
-  char* envp[] = {nullptr};
+  uint64_t mem_mb = std::max<uint64_t>(
+      (spec.limits.memory_bytes ? spec.limits.memory_bytes : cfg_.default_memory_bytes) >> 20, 128);
+  // Descriptors 3.. in QEMU, in the order of `fds` below.
+  std::vector<std::string> args = base_args(cfg_.accel, mem_mb, "console=ttyS0 quiet panic=-1");
+  for (const char* a : {"-add-fd",  "fd=3,set=1",
+                        "-drive",   "id=img,file=/dev/fdset/1,format=raw,if=none,readonly=on",
+                        "-device",  "virtio-blk-pci,drive=img",
+                        "-add-fd",  "fd=4,set=2",
+                        "-add-fd",  "fd=5,set=2",
+                        "-drive",   "id=rw,file=/dev/fdset/2,format=raw,if=none",
+                        "-device",  "virtio-blk-pci,drive=rw",
+                        "-device",  "virtio-serial-pci",
+                        "-chardev", "socket,id=ctl,fd=6",
+                        "-device",  "virtserialport,chardev=ctl,name=coppice",
+                        "-chardev", "socket,id=con,fd=7",
+                        "-serial",  "chardev:con"})
+    args.push_back(a);
+  QemuLaunch launch(
+      jail(vm, cfg_.accel == "kvm"), args,
+      {image_fd.get(), scratch_rw.get(), scratch_ro.get(), qemu_ctl.get(), qemu_console.get()});
 
   SandboxProcess vmp;
   CgroupLimits lim;
-  lim.memory_bytes = (std::max<uint64_t>(mem_mb, 128) << 20) + (256ull << 20);  // guest + QEMU
+  lim.memory_bytes = (mem_mb << 20) + (256ull << 20);  // guest + QEMU
   lim.pids = 256;  // QEMU's threads; the command's processes are bounded inside the guest
   lim.cpus = spec.limits.cpus;
   vmp.cgroups = cgroups_.create(lim);
   Pipe err_pipe;
   const std::vector<int> task_fds = vmp.cgroups->open_v1_task_files();
-  uid_t uid = cfg_.uid_base;
-  gid_t kvm_gid = cfg_.kvm_gid;
-  int err_wr = err_pipe.wr.get();
   int pidfd = -1;
-  clone_args ca{};
-  ca.flags = CLONE_PIDFD;
-  ca.pidfd = reinterpret_cast<uint64_t>(&pidfd);
-  ca.exit_signal = SIGCHLD;
-  if (vmp.cgroups->v2_fd() >= 0) {
-    ca.flags |= CLONE_INTO_CGROUP;
-    ca.cgroup = static_cast<uint64_t>(vmp.cgroups->v2_fd());
-  }
   auto t0 = Clock::now();
-  long rc = ::syscall(SYS_clone3, &ca, sizeof ca);
-  if (rc == 0) {
-    // QEMU as the unprivileged sandbox-root uid (plus group kvm when KVM is used), in the
-    // run's v1 cgroups too (hybrid hosts).
-    for (int fd : task_fds)
-      if (::write(fd, "0", 1) != 1) _exit(125);
-    ::dup2(err_wr, 2);
-    int null = ::open("/dev/null", O_RDWR);
-    ::dup2(null, 0);
-    ::dup2(null, 1);
-    ::syscall(SYS_close_range, 3, ~0U, 0);
-    gid_t groups[1] = {kvm_gid};
-    if (::setgroups(kvm_gid ? 1 : 0, groups) != 0 || ::setresgid(uid, uid, uid) != 0 ||
-        ::setresuid(uid, uid, uid) != 0)
-      _exit(126);
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    ::execve(av[0], av.data(), envp);
-    _exit(127);
-  }
-  if (rc < 0) throw sys_error("clone3 qemu");
-  vmp.pid = static_cast<pid_t>(rc);
+  vmp.pid = launch.start(vmp.cgroups->v2_fd(), task_fds, err_pipe.wr.get(), &pidfd);
   vmp.pidfd.reset(pidfd);
   if (vmp.cgroups->v2_fd() < 0) vmp.cgroups->attach_v2(vmp.pid);
   vmp.cgroups->close_v1_task_files();
   err_pipe.wr.reset();
+  for (UniqueFd* f : {&image_fd, &scratch_rw, &scratch_ro, &qemu_ctl, &qemu_console}) f->reset();
   set_nonblock(err_pipe.rd.get());
+  set_nonblock(ctl.get());
+  set_nonblock(console.get());
 
-  // Connect to QEMU's control socket once it exists.
-  UniqueFd ctl(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock.c_str());
-  bool connected = false;
-  for (int i = 0; i < 1000 && !connected; ++i) {
-    connected = ::connect(ctl.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-    if (!connected) {
-      pollfd p{vmp.pidfd.get(), POLLIN, 0};
-      if (::poll(&p, 1, 10) > 0) break;  // QEMU exited
-    }
-  }
   std::string qemu_err;
   auto read_qemu_err = [&] {
     char b[4096];
@@ -589,134 +600,187 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
     while ((n = ::read(err_pipe.rd.get(), b, sizeof b)) > 0 && qemu_err.size() < 8192)
       qemu_err.append(b, static_cast<size_t>(n));
   };
-  if (!connected) {
-    vmp.kill();
-    vmp.reap();
-    read_qemu_err();
-    throw Error(500, "microvm: QEMU did not start: " + qemu_err.substr(0, 500));
-  }
-  if (!g::write_frame(ctl.get(), g::kSpec, gspec.dump())) throw sys_error("microvm: send the spec");
-  set_nonblock(ctl.get());
 
   RunResult r;
   json exit_info = json::object();
-  bool got_exit = false, got_end = false, killed = false, started = false;
-  std::string guest_error;
+  bool got_exit = false, got_end = false, killed = false;
+  std::string guest_error, violation, changes_error;
   uint64_t kept[2] = {0, 0};
   ChangeWriter changes(spec.run_dir / "upper", cfg_.uid_base, cfg_.uid_range,
                        spec.write_limit_bytes);
   g::FrameReader reader;
-  auto boot_deadline = t0 + cfg_.boot_timeout;
-  auto deadline = boot_deadline;
+  VmSession session(t0, spec.timeout, spec.keep_changes, cfg_.allowances);
+  // What we still have to write to the guest: the spec now, a kDone later. The socket is
+  // non-blocking, so a guest that never reads cannot hold this thread.
+  std::string out;
+  auto queue = [&](g::FrameType t, const std::string& payload) {
+    std::string frame(5, '\0');
+    frame[0] = static_cast<char>(t);
+    uint32_t len = static_cast<uint32_t>(payload.size());
+    for (int i = 0; i < 4; ++i) frame[1 + i] = static_cast<char>((len >> (8 * i)) & 0xff);
+    out += frame + payload;
+  };
+  queue(g::kSpec, gspec.dump());
+  gspec = json();
+  // The guest waits for kDone before it powers off (see guest/protocol.h); a lost one costs
+  // the guest's 10 s wait, never a result.
+  auto send_done = [&] { queue(g::kDone, ""); };
+  // The end of the guest's serial console, for errors about a VM that did not come up.
+  std::string console_tail;
+  auto kill_vm = [&] {
+    killed = true;
+    vmp.kill();
+  };
   std::vector<char> buf(1 << 16);
   bool vm_exited = false;
-  // The guest waits for this before it powers off (see guest/protocol.h); a lost one costs
-  // the guest's 10 s wait, never a result.
-  auto send_done = [&] {
-    if (ctl) (void)g::write_frame(ctl.get(), g::kDone, "");
-  };
+  auto cmd_start = t0;
   while (!vm_exited) {
-    pollfd p[3] = {{ctl.get(), POLLIN, 0}, {vmp.pidfd.get(), POLLIN, 0}, {cancel.fd(), POLLIN, 0}};
+    pollfd p[4] = {{vmp.pidfd.get(), POLLIN, 0},
+                   {cancel.fd(), POLLIN, 0},
+                   {console.get(), POLLIN, 0},
+                   {ctl.get(), static_cast<short>(POLLIN | (out.empty() ? 0 : POLLOUT)), 0}};
     int left = static_cast<int>(std::clamp<int64_t>(
-        std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count(), 0, 1 << 30));
-    int n = ::poll(p, ctl ? 3 : 2, killed ? 1000 : left);
+        std::chrono::ceil<std::chrono::milliseconds>(session.deadline() - Clock::now()).count(), 0,
+        1 << 30));
+    int n = ::poll(p, ctl ? 4 : 3, killed ? 1000 : left);
     if (n < 0 && errno != EINTR) throw sys_error("poll microvm");
-    if (!killed && Clock::now() >= deadline) {
-      r.timed_out = started;
-      if (!started) guest_error = "the VM did not boot in time";
-      killed = true;
-      vmp.kill();
+    if (!killed && Clock::now() >= session.deadline()) {
+      switch (session.phase()) {
+        case VmSession::Phase::kBooting:
+          guest_error = "the VM did not boot in time";
+          break;
+        case VmSession::Phase::kRunning:
+          r.timed_out = true;
+          break;
+        case VmSession::Phase::kSendingChanges:
+          changes_error = fmt::format(
+              "microvm: the guest did not send its filesystem changes within {} s",
+              std::chrono::duration_cast<std::chrono::seconds>(cfg_.allowances.changes).count());
+          break;
+        case VmSession::Phase::kShuttingDown:
+          break;  // everything arrived; the guest just did not power off
+      }
+      kill_vm();
     }
-    if (p[2].revents && !killed) {
+    if (p[1].revents && !killed) {
       r.cancelled = true;
-      killed = true;
-      vmp.kill();
+      kill_vm();
     }
-    if (ctl && (p[0].revents & (POLLIN | POLLHUP | POLLERR))) {
+    if (p[2].revents) {
+      ssize_t got = ::read(console.get(), buf.data(), buf.size());
+      if (got > 0) {
+        console_tail.append(buf.data(), static_cast<size_t>(got));
+        if (console_tail.size() > 8192) console_tail.erase(0, console_tail.size() - 4096);
+      } else if (got == 0 || (errno != EAGAIN && errno != EINTR)) {
+        console.reset();  // poll ignores a negative fd
+      }
+    }
+    if (ctl && (p[3].revents & POLLOUT) && !out.empty()) {
+      ssize_t w = ::send(ctl.get(), out.data(), out.size(), MSG_NOSIGNAL);
+      if (w > 0) out.erase(0, static_cast<size_t>(w));
+    }
+    if (ctl && (p[3].revents & (POLLIN | POLLHUP | POLLERR))) {
       ssize_t got = ::read(ctl.get(), buf.data(), buf.size());
       if (got <= 0) {
         if (got == 0 || (errno != EAGAIN && errno != EINTR)) ctl.reset();
-      } else {
+      } else if (violation.empty()) {
         reader.feed(buf.data(), static_cast<size_t>(got));
         g::FrameType t;
         std::string payload;
-        while (reader.next(t, payload)) {
-          switch (t) {
-            case g::kStarted: {
-              started = true;
-              json s = json::parse(payload);
-              r.pid = s.value("pid", 1);
-              {
-                std::lock_guard lock(details_mu_);
-                last_boot_ms_ = s.value("boot_ms", -1L);
+        try {
+          while (violation.empty() && reader.next(t, payload)) {
+            if (auto bad = session.on_frame(t, Clock::now())) {
+              violation = *bad;
+              break;
+            }
+            switch (t) {
+              case g::kStarted: {
+                json s = json::parse(payload);
+                r.pid = s.value("pid", 1);
+                {
+                  std::lock_guard lock(details_mu_);
+                  last_boot_ms_ = s.value("boot_ms", -1L);
+                }
+                observer.on_spawn(r.pid);
+                cmd_start = Clock::now();
+                break;
               }
-              observer.on_spawn(r.pid);
-              deadline = Clock::now() + spec.timeout + std::chrono::seconds(30);
-              t0 = Clock::now();
-              break;
+              case g::kStdout:
+              case g::kStderr: {
+                int i = t == g::kStdout ? 0 : 1;
+                uint64_t room =
+                    kept[i] < spec.truncate_output_at ? spec.truncate_output_at - kept[i] : 0;
+                size_t k = static_cast<size_t>(std::min<uint64_t>(room, payload.size()));
+                if (k)
+                  observer.on_output(i == 0 ? Stream::kStdout : Stream::kStderr,
+                                     std::string_view(payload).substr(0, k));
+                kept[i] += k;
+                break;
+              }
+              case g::kExit:
+                exit_info = json::parse(payload);
+                got_exit = true;
+                if (!spec.keep_changes) send_done();
+                break;
+              case g::kError:
+                guest_error = payload.substr(0, 4096);
+                send_done();
+                break;
+              case g::kEntry:
+                changes.entry(json::parse(payload));
+                break;
+              case g::kData:
+                changes.data(payload);
+                break;
+              case g::kEnd:
+                got_end = true;
+                send_done();
+                break;
+              case g::kSpec:
+              case g::kDone:
+                break;  // refused by the session
             }
-            case g::kStdout:
-            case g::kStderr: {
-              int i = t == g::kStdout ? 0 : 1;
-              uint64_t room =
-                  kept[i] < spec.truncate_output_at ? spec.truncate_output_at - kept[i] : 0;
-              size_t k = static_cast<size_t>(std::min<uint64_t>(room, payload.size()));
-              if (k)
-                observer.on_output(i == 0 ? Stream::kStdout : Stream::kStderr,
-                                   std::string_view(payload).substr(0, k));
-              kept[i] += k;
-              break;
-            }
-            case g::kExit:
-              exit_info = json::parse(payload);
-              got_exit = true;
-              if (spec.timeout.count() >= 0) deadline = Clock::now() + std::chrono::seconds(120);
-              if (!spec.keep_changes) send_done();
-              break;
-            case g::kError:
-              guest_error = payload;
-              send_done();
-              break;
-            case g::kEntry:
-              changes.entry(json::parse(payload));
-              break;
-            case g::kData:
-              changes.data(payload);
-              break;
-            case g::kEnd:
-              got_end = true;
-              send_done();
-              break;
-            case g::kSpec:
-            case g::kDone:
-              throw Error(502, "microvm: the guest sent a host-to-guest frame");
           }
+        } catch (const Error& e) {
+          if (e.status() != 502) throw;  // the host's own failure (a write, the disk)
+          violation = e.what();          // bad data from the guest (ChangeWriter)
+        } catch (const json::exception& e) {
+          violation = std::string("bad JSON: ") + e.what();
+        } catch (const std::runtime_error& e) {  // FrameReader: a frame over the size limit
+          violation = e.what();
         }
+        if (!violation.empty() && !killed) kill_vm();
       }
     }
-    if (p[1].revents) vm_exited = true;
+    if (p[0].revents) vm_exited = true;
   }
   vmp.reap();
-  auto elapsed = Clock::now() - t0;
+  auto elapsed = Clock::now() - cmd_start;
   read_qemu_err();
   CgroupStats cs = vmp.cgroups->stats();
   vmp.cgroups->remove();
   ::unlink(scratch.c_str());
+  remove_tree(vm);
+  if (!violation.empty()) throw Error(502, "microvm: the guest broke the protocol: " + violation);
   if (!guest_error.empty() && !r.timed_out && !r.cancelled) {
     int status = guest_error.rfind("400 ", 0) == 0 ? 400 : 500;
+    if (session.phase() == VmSession::Phase::kBooting && !qemu_err.empty())
+      guest_error += ": " + qemu_err.substr(0, 300);
     throw Error(status,
                 "sandbox setup failed: " + (status == 400 ? guest_error.substr(4) : guest_error));
   }
+  if (!changes_error.empty() && !r.cancelled) throw Error(500, changes_error);
+  if (session.phase() == VmSession::Phase::kBooting && !killed) {
+    std::string why = qemu_err.empty() ? console_tail : qemu_err;
+    if (why.size() > 300) why = why.substr(why.size() - 300);
+    throw Error(500, "microvm: the VM stopped before the command started" +
+                         (why.empty() ? std::string() : ": " + why));
+  }
   if (!got_exit && !killed) {
     // The guest's last words (its console) say why, for the log.
-    std::string console;
-    try {
-      console = read_file(vm / "console.log");
-    } catch (const std::exception&) {
-    }
-    if (console.size() > 600) console = console.substr(console.size() - 600);
     spdlog::warn("microvm: the VM stopped without reporting the command's exit; console: {}",
-                 console);
+                 console_tail.size() > 600 ? console_tail.substr(console_tail.size() - 600)
+                                           : console_tail);
     throw Error(500, "microvm: the VM stopped without reporting the command's exit" +
                          (qemu_err.empty() ? std::string() : ": " + qemu_err.substr(0, 300)));
   }
@@ -753,7 +817,6 @@ RunResult MicrovmRuntime::run(const RunSpec& spec, RunObserver& observer, Cancel
   guest.user_us.reset();  // the cgroup's CPU time is QEMU's (emulation included), not the command's
   guest.system_us.reset();
   fill_resources(r.resources, u, guest, elapsed);
-  remove_tree(vm);
   return r;
 }
 

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "common/fd.h"
+#include "sandbox/vm_session.h"
 
 namespace coppice::sandbox {
 
@@ -201,15 +202,21 @@ struct MicrovmConfig {
   fs::path state_dir;                       // initramfs and cached image disks
   std::string self_exe = "/proc/self/exe";  // dispatches `__microvm-mkimage`
   std::string accel = "auto";               // auto (probe KVM once, else TCG) | kvm | tcg
-  uid_t uid_base = 100000;  // QEMU runs as this uid; image owners are unshifted from it
+  uid_t uid_base = 100000;                  // the sandbox range: image owners are unshifted from it
   uid_t uid_range = 65536;
+  // QEMU's own uid and gid (qemu_jail.h): outside the sandbox range, owning nothing on the
+  // host (`--microvm-uid`). Debian's adduser never hands out this one.
+  uid_t qemu_uid = 99999;
+  gid_t qemu_gid = 99999;
   gid_t kvm_gid = 0;                             // group that may open /dev/kvm (0: none)
   uint64_t default_memory_bytes = 512ull << 20;  // guest RAM unless the run asks
   uint64_t default_pids = 1024;                  // the command's processes (in the guest)
   uint64_t scratch_bytes = 4ull << 30;      // the guest's writable disk (sparse) for a run without
                                             // a write limit; else sized from write_limit_bytes
   uint64_t image_cache_bytes = 8ull << 30;  // image disks kept (least recently used out)
-  std::chrono::seconds boot_timeout{60};    // TCG boots take seconds (3 s here, more when busy)
+  // The host's deadlines of a VM run (vm_session.h); the boot allowance is large because TCG
+  // boots take seconds (3 s here, more when the machine is busy).
+  VmAllowances allowances;
   std::string cgroup_name = "coppice-microvm";
   // Why this configuration cannot run VMs ("" when it can).
   bool usable(std::string* why) const;

@@ -97,6 +97,7 @@ struct ServeOptions {
   uint64_t max_run_write_mb = 10240;   // per-run write limit (0: only max_layer_bytes)
   uint64_t max_run_inodes = 1000000;   // files a run may create (with project quotas)
   std::string write_limit_mode = "auto";
+  uint32_t microvm_uid = 99999;        // QEMU's uid and gid (outside the sandbox range)
 };
 
 // Every queued operation holds an eventfd, every live sandbox about eight descriptors and every
@@ -174,6 +175,7 @@ int serve(const Paths& paths, const ServeOptions& o) {
     mc.uid_range = ns.uid_range;
     mc.cgroup_name = ns.cgroup_name + "-microvm";
     mc.image_cache_bytes = o.microvm_cache_mb << 20;
+    mc.qemu_uid = mc.qemu_gid = o.microvm_uid;
     mc.default_pids = ns.default_pids;
     std::string why;
     if (mc.usable(&why)) {
@@ -486,6 +488,12 @@ int main(int argc, char** argv) {
       ->add_option("--microvm-cache-mb", so.microvm_cache_mb,
                    "image disks the microvm runtime keeps (least recently used removed first)")
       ->check(CLI::Range(uint64_t{64}, uint64_t{1} << 30))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--microvm-uid", so.microvm_uid,
+                   "uid and gid QEMU runs as: one that owns nothing and runs nothing else, "
+                   "outside the sandbox uid range")
+      ->check(CLI::Range(uint32_t{1}, uint32_t{0xfffffffe}))
       ->capture_default_str();
   serve_cmd->add_option("--log-level", so.log_level, "trace|debug|info|warn|error")
       ->capture_default_str();

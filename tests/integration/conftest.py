@@ -11,6 +11,8 @@ from coppice_client import Client, Server
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COPPICED = os.environ.get("COPPICED", str(ROOT / "build" / "coppiced"))
+# A static helper for what a shell in a sandbox cannot do (tests/helpers/probe.cc).
+PROBE = os.path.join(os.path.dirname(COPPICED), "coppice-test-probe")
 
 
 def admin(data_dir, *args):
@@ -66,6 +68,15 @@ def busybox(client):
     imgs = client.get("/v1/images", params={"tag": "busybox:latest"}).json()["images"]
     assert imgs and imgs[0]["tag"] == "busybox:latest"
     return imgs[0]["uuid"]
+
+
+@pytest.fixture()
+def probe_files(server):
+    """`files` of a spawn that puts the probe at /probe (executable)."""
+    assert os.path.exists(PROBE), f"build coppice-test-probe first ({PROBE})"
+    with open(PROBE, "rb") as f:
+        uuid = Client(server.url, server.token).upload(f.read())["uuid"]
+    return {"/probe": {"uuid": uuid, "mode": "0755"}}
 
 
 # The runtimes the behaviour suites run against (issue #7): every one must give the same

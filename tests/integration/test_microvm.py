@@ -119,3 +119,82 @@ def test_whoami_reports_the_accelerator(vm):
     d = vm.get("/v1/whoami").json()["runtime_details"]["microvm"]
     assert d["accel"] in ("kvm", "tcg") and d["kvm_probe"]
     assert d["last_boot_ms"] > 0
+
+
+def qemu_of(server):
+    """The pid of the server's QEMU (a child of coppiced)."""
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        if ppid == server.proc.pid and comm.startswith("qemu-system"):
+            return int(d)
+    return None
+
+
+def test_qemu_runs_jailed(server, vm, busybox):
+    # QEMU used to run as uid 100000 (the owner of every tenant's layers) in the host's
+    # network and mount namespaces, without its seccomp sandbox
+    op = vm.spawn(busybox, "sleep 60", disposable=True)
+    pid = None
+    for _ in range(600):
+        pid = qemu_of(server)
+        if pid and vm.get(f"/v1/operations/{op}").json()["status"] == "EXECUTING":
+            break
+        time.sleep(0.05)
+    assert pid, "no QEMU found"
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = dict(line.split(":", 1) for line in f.read().splitlines())
+        assert status["Uid"].split() == ["99999"] * 4, status["Uid"]
+        assert status["Gid"].split() == ["99999"] * 4, status["Gid"]
+        assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
+        for ns in ("net", "mnt", "pid", "ipc"):
+            assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+        with open(f"/proc/{pid}/net/dev") as f:
+            devices = [line.split(":")[0].strip() for line in f.read().splitlines()[2:]]
+        assert devices == ["lo"], devices
+        # its root shows /usr, the merged-/usr links, a few devices and the kernel: no store
+        root = f"/proc/{pid}/root"
+        assert set(os.listdir(root)) <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+                                         "dev", "vm"}, os.listdir(root)
+        assert sorted(os.listdir(root + "/vm")) == ["initrd", "kernel"]
+        assert not os.path.exists(root + str(server.data_dir))
+        # the run's files are descriptors it was given, owned by root and private to it
+        disks = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
+        disks = [d for d in disks if d.endswith(".ext4")]
+        assert len(disks) >= 2, disks
+        for d in disks:
+            st = os.stat(d)
+            assert (st.st_uid, st.st_mode & 0o077) == (0, 0), (d, st)
+    finally:
+        vm.request("DELETE", f"/v1/operations/{op}")
+        vm.wait(op, timeout=60)
+
+
+def test_a_hostile_guest_cannot_extend_the_hosts_deadline(vm, busybox, probe_files):
+    # Guest root stops the agent (so that nothing in the guest enforces the timeout) and
+    # writes frames to the agent's port itself. kStarted used to restart the host's clock
+    # (timeout + 30 s from each one): the run never ended. Now a repeated kStarted breaks the
+    # protocol and ends the run at once.
+    t0 = time.time()
+    op = vm.run(busybox, "/probe hijack-port restart", disposable=True, timeout=4,
+                files=probe_files)
+    assert op["status"] == "FAILED", op
+    assert "broke the protocol: a started frame" in op["error"], op["error"]
+    assert time.time() - t0 < 60
+    # Frames the protocol allows (output) keep coming: the host's own deadline (timeout + 10 s
+    # from the command's start) ends the run, which reads as a timeout.
+    op = vm.run(busybox, "/probe hijack-port quiet", disposable=True, timeout=4,
+                files=probe_files)
+    assert op["status"] == "SUCCESS", op.get("error")
+    res = op["metadata"]["result"]
+    assert res["state"]["timed_out"] is True and res["state"]["signal"] == 9, res["state"]
+    assert "tick\n" in stdout_of(op)
+    assert 4 <= res["resources"]["elapsed_time"] < 4 + 10 + 6, res["resources"]
