@@ -143,14 +143,19 @@ void Api::whoami(Exchange& ex) {
                  {"list_max_limit", kMaxListLimit},
                  {"response_max_bytes", cfg_.max_response_bytes},
                  {"upload_max_bytes", cfg_.max_upload},
-                 {"json_body_max_bytes", cfg_.max_json_body},
-                 {"write_bytes", engine_.write_limits().describe()}};
+                 {"json_body_max_bytes", cfg_.max_json_body}};
+  // The per-run write limit: its bytes among the integer limits, how it binds beside them.
+  const json write_limit = engine_.write_limits().describe();
+  limits["instance_max_write_bytes"] = write_limit.value("default", json(0)).is_number()
+                                           ? write_limit["default"]
+                                           : json(0);
   auto counts = engine_.project_counts(ex.project);
   ex.reply_json(
       200, {{"token_uuid", ex.token_uuid},
             {"token_expiration", token_expiration(ex.token_uuid)},
             {"permissions", perms},
             {"limits", limits},
+            {"write_limit", write_limit},
             {"operations_stat", {{"queued", counts.queued}, {"running", counts.running}}},
             {"project", ex.project},
             {"runtimes", cfg_.runtimes},

@@ -49,7 +49,7 @@ class WriteLimits {
   WriteLimits(const WriteLimitConfig& cfg, const std::filesystem::path& data_dir);
 
   Mode mode() const { return mode_; }
-  // whoami.limits.write_bytes: {default, enforced, mode, max_inodes, detail}.
+  // whoami.write_limit: {default, enforced, mode, headroom, max_inodes, detail}.
   nlohmann::json describe() const;
 
   // One run's limit. Destruction clears its project quota (if any), once the run's changes

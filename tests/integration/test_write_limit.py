@@ -124,7 +124,7 @@ def check_limit_held(c, img, hog, quiet, mode):
 
 
 def test_whoami_reports_the_write_limit(plain):
-    w = client_of(plain).get("/v1/whoami").json()["limits"]["write_bytes"]
+    w = client_of(plain).get("/v1/whoami").json()["write_limit"]
     assert w["default"] == LIMIT and w["enforced"] is True
     assert w["mode"] in ("project_quota", "watchdog") and w["detail"]
 
@@ -133,7 +133,7 @@ def test_whoami_reports_the_write_limit(plain):
 def test_a_run_past_its_limit_is_stopped(plain, runtime):
     c = client_of(plain, runtime)
     img = busybox_of(c)
-    mode = c.get("/v1/whoami").json()["limits"]["write_bytes"]["mode"]
+    mode = c.get("/v1/whoami").json()["write_limit"]["mode"]
     hog, quiet = hog_while_another_runs(c, img)
     check_limit_held(c, img, hog, quiet, mode)
     # nothing of the run is left behind
@@ -170,7 +170,7 @@ def test_microvm_guest_gets_enospc(plain):
 
 
 def test_xfs_project_quota_reports_itself(xfs):
-    w = client_of(xfs).get("/v1/whoami").json()["limits"]["write_bytes"]
+    w = client_of(xfs).get("/v1/whoami").json()["write_limit"]
     assert w["mode"] == "project_quota" and w["enforced"] is True, w
     assert w["max_inodes"] == 1000000
 
