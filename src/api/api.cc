@@ -20,8 +20,15 @@ bool Api::is_upload(http::verb method, std::string_view target) {
   return path.size() >= 9 && path.substr(path.size() - 9) == "/v1/files";
 }
 
+bool Api::is_public(http::verb method, std::string_view target) {
+  if (method != http::verb::get && method != http::verb::head) return false;
+  return target.substr(0, target.find('?')) == "/health";
+}
+
 void Api::handle(Exchange& ex) {
   try {
+    const auto target = ex.header().target();
+    if (is_public(ex.method(), std::string_view(target.data(), target.size()))) return health(ex);
     authenticate(ex);
     route(ex);
     if (!ex.responded()) throw not_found("no such endpoint");
@@ -98,6 +105,12 @@ void Api::whoami(Exchange& ex) {
             {"project", ex.project},
             {"runtimes", cfg_.runtimes},
             {"runtime_details", cfg_.runtime_details ? cfg_.runtime_details() : json::object()}});
+}
+
+void Api::health(Exchange& ex) {
+  // Says only that the server accepts and answers requests: nothing about its state.
+  if (ex.body().size() > kPublicBodyLimit) throw Error(413, "request body too large");
+  ex.reply_json(200, {{"status", "ok"}});
 }
 
 store::Page parse_page(const Query& q) {

@@ -29,6 +29,11 @@ class Api {
   void handle(Exchange& ex);
   // True when a request (method + path) is an upload whose body should go to a file.
   static bool is_upload(http::verb method, std::string_view target);
+  // True for the few requests served without a token: `GET|HEAD /health`. Every other request
+  // is authenticated from its header before any of its body is read; a public one may carry a
+  // body of at most kPublicBodyLimit bytes.
+  static bool is_public(http::verb method, std::string_view target);
+  static constexpr uint64_t kPublicBodyLimit = 1024;
   // (token uuid, project) of a request's bearer token; throws a 401 Error. Used before a
   // request body is read, so that nothing is accepted from unauthenticated clients.
   std::pair<std::string, std::string> authenticate(const http::request_header<>& header);
@@ -40,6 +45,7 @@ class Api {
 
   // Endpoint groups, one file each.
   void whoami(Exchange& ex);
+  void health(Exchange& ex);
   void images(Exchange& ex);      // api/images_routes.cc
   void files(Exchange& ex);       // api/files_routes.cc
   void instances(Exchange& ex);   // api/operations_routes.cc

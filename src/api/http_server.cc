@@ -150,9 +150,11 @@ void HttpServer::serve(tcp::socket sock) {
       http::read_header(sock, buf, hp, ec);
       if (ec) break;
       auto& hdr = hp.get();
-      // Authenticate from the header alone: no body (and no 100 Continue) without a valid
-      // token. Non-API paths fall through to the router's 404.
-      if (std::string(hdr.target()).find("/v1") != std::string::npos) {
+      // Authenticate from the header alone, on every path but the public ones: no body (and no
+      // 100 Continue) without a valid token.
+      std::string target(hdr.target());
+      const bool pub = Api::is_public(hdr.method(), target);
+      if (!pub) {
         try {
           api_.authenticate(hdr);
         } catch (const Error& e) {
@@ -167,7 +169,6 @@ void HttpServer::serve(tcp::socket sock) {
         static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
         boost::asio::write(sock, boost::asio::buffer(kContinue, sizeof kContinue - 1));
       }
-      std::string target(hdr.target());
       bool keep = true;
       if (Api::is_upload(hdr.method(), target)) {
         http::request_parser<http::file_body> fp(std::move(hp));
@@ -192,15 +193,15 @@ void HttpServer::serve(tcp::socket sock) {
         ::unlink(tmp.c_str());
         keep = ex.keep_alive();
       } else {
-        bool too_big = hp.content_length() && *hp.content_length() > cfg.max_json_body;
+        const uint64_t limit = pub ? Api::kPublicBodyLimit : cfg.max_json_body;
+        bool too_big = hp.content_length() && *hp.content_length() > limit;
         http::request_parser<http::string_body> sp(std::move(hp));
-        sp.body_limit(cfg.max_json_body);
+        sp.body_limit(limit);
         if (!too_big) http::read(sock, buf, sp, ec);
         if (too_big || ec == http::error::body_limit) {
           Exchange ex(sock, sp.get().base(), "");
           ex.set_keep_alive(false);
-          ex.reply_error(413,
-                         fmt::format("request body is larger than {} bytes", cfg.max_json_body));
+          ex.reply_error(413, fmt::format("request body is larger than {} bytes", limit));
           break;
         }
         if (ec) break;
