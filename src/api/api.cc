@@ -25,6 +25,25 @@ bool Api::is_public(http::verb method, std::string_view target) {
   return target.substr(0, target.find('?')) == "/health";
 }
 
+bool Api::is_bulk(http::verb method, std::string_view target) {
+  if (is_upload(method, target)) return true;
+  std::string_view path = target.substr(0, target.find('?'));
+  auto v1 = path.find("/v1/");
+  if (v1 == std::string_view::npos) return false;
+  path.remove_prefix(v1 + 4);
+  while (!path.empty() && path.back() == '/') path.remove_suffix(1);
+  auto ends_with = [&](std::string_view s) {
+    return path.size() >= s.size() && path.substr(path.size() - s.size()) == s;
+  };
+  if (path.substr(0, 7) == "images/") return ends_with("/export");
+  // Event streams wait for the operation's events on their thread.
+  if (path.substr(0, 11) == "operations/") return ends_with("/events");
+  if (path.substr(0, 8) == "inspect/")
+    return ends_with("/list") || ends_with("/download") || ends_with("/archive") ||
+           ends_with("/grep");
+  return false;
+}
+
 void Api::handle(Exchange& ex) {
   try {
     const auto target = ex.header().target();

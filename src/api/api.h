@@ -34,6 +34,10 @@ class Api {
   // body of at most kPublicBodyLimit bytes.
   static bool is_public(http::verb method, std::string_view target);
   static constexpr uint64_t kPublicBodyLimit = 1024;
+  // True for requests whose handler may take long or stream a large answer (uploads, export,
+  // inspect list/download/archive/grep, event streams): the server runs them apart from the
+  // short ones.
+  static bool is_bulk(http::verb method, std::string_view target);
   // (token uuid, project) of a request's bearer token; throws a 401 Error. Used before a
   // request body is read, so that nothing is accepted from unauthenticated clients.
   std::pair<std::string, std::string> authenticate(const http::request_header<>& header);

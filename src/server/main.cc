@@ -18,6 +18,7 @@
 
 #include "api/http_server.h"
 #include "common/error.h"
+#include "common/fd_limit.h"
 #include "common/ids.h"
 #include "common/sha256.h"
 #include "engine/base_images.h"
@@ -36,7 +37,9 @@ struct Paths {
 struct ServeOptions {
   std::string listen = "127.0.0.1:8080";
   size_t workers = 16;
-  size_t max_connections = 1024;
+  api::HttpServerConfig http;
+  double header_timeout_s = 20, idle_timeout_s = 60, body_timeout_s = 30, write_timeout_s = 60;
+  uint64_t body_min_kib = 64;
   size_t flatten_depth = 64;
   bool durable = false;
   int shutdown_grace_s = 30;
@@ -63,12 +66,16 @@ int serve(const Paths& paths, const ServeOptions& o) {
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
-  // Every queued operation holds an eventfd and every connection a socket: use the hard limit.
-  rlimit nofile;
-  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
-    nofile.rlim_cur = nofile.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &nofile);
-  }
+  // Every queued operation holds an eventfd, every live sandbox a few descriptors and every
+  // connection a socket: raise the limit as far as the host lets.
+  auto fds = raise_fd_limit();
+  spdlog::info("descriptor limit {} (hard {}; was {}/{}){}", fds.soft, fds.hard, fds.before_soft,
+               fds.before_hard, fds.note.empty() ? "" : ": " + fds.note);
+  if (fds.soft < o.http.max_connections + 4096)
+    spdlog::warn(
+        "--max-connections {} leaves less than 4096 of the descriptor limit {} to sandboxes "
+        "and the queue when every connection is open",
+        o.http.max_connections, fds.soft);
 
   store::LayerStore layers(paths.data_dir, o.durable);
   auto meta = store::open_sqlite_store(layers.db_path(), o.durable);
@@ -155,7 +162,16 @@ int serve(const Paths& paths, const ServeOptions& o) {
     return d;
   };
   api::Api api(ac, engine);
-  api::HttpServer server(api, o.listen, layers.tmp_path(""), o.max_connections);
+  api::HttpServerConfig hc = o.http;
+  hc.listen = o.listen;
+  hc.upload_dir = layers.tmp_path("");
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
+  hc.header_timeout = ms(o.header_timeout_s);
+  hc.idle_timeout = ms(o.idle_timeout_s);
+  hc.body_window = ms(o.body_timeout_s);
+  hc.write_timeout = ms(o.write_timeout_s);
+  hc.body_min_bytes = o.body_min_kib << 10;
+  api::HttpServer server(api, hc);
   spdlog::info("coppiced listening on {} (port {}), data dir {}", o.listen, server.port(),
                paths.data_dir);
   std::cout << "listening on port " << server.port() << std::endl;
@@ -198,9 +214,47 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--workers", so.workers, "sandboxes running at once")
       ->capture_default_str();
   serve_cmd
-      ->add_option("--max-connections", so.max_connections,
-                   "HTTP connections served at once (one thread each); more are answered 503")
-      ->check(CLI::Range(size_t{1}, size_t{100000}))
+      ->add_option("--max-connections", so.http.max_connections,
+                   "HTTP connections open at once; more are answered 503 with Retry-After")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--http-threads", so.http.io_threads,
+                   "HTTP IO threads (0: one per CPU); they never block")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--http-workers", so.http.quick_workers,
+                   "threads that run short API requests (0: 2 per CPU, at least 8)")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--http-bulk-workers", so.http.bulk_workers,
+                   "threads for uploads, downloads, archives, exports and greps; more wait")
+      ->check(CLI::Range(size_t{1}, size_t{4096}))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--header-timeout", so.header_timeout_s,
+                   "seconds a client gets to send a whole request header (else 408)")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--idle-timeout", so.idle_timeout_s,
+                   "seconds a keep-alive connection may sit idle between requests")
+      ->check(CLI::Range(0.1, 86400.0))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--body-timeout", so.body_timeout_s,
+                   "a request body must deliver --body-min-kib (or the rest of it) in every "
+                   "window of this many seconds (else 408)")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  serve_cmd->add_option("--body-min-kib", so.body_min_kib, "see --body-timeout")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 20))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--write-timeout", so.write_timeout_s,
+                   "seconds one response write (up to 256 KiB) may take before the connection "
+                   "is closed")
+      ->check(CLI::Range(0.1, 3600.0))
       ->capture_default_str();
   serve_cmd
       ->add_option("--flatten-depth", so.flatten_depth,

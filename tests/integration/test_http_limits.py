@@ -1,11 +1,16 @@
 """The HTTP layer against hostile clients (issue #12 item 6): nothing is read from an
 unauthenticated client beyond its header, and every phase of a connection has a deadline."""
 import json
+import pathlib
+import shutil
 import socket
+import tempfile
 import time
 
 import pytest
 
+from conftest import admin
+from coppice_client import Server
 
 
 def read_reply(s, timeout):
@@ -80,4 +85,126 @@ def test_health_is_public_with_a_tiny_body_limit(server):
         s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
         status, _, _ = read_reply(s, 5)
         assert status.startswith("HTTP/1.1 413"), status
+
+
+# A server with short deadlines and few workers: every phase of a connection is timed.
+DEADLINE = 1.5
+
+
+@pytest.fixture(scope="module")
+def strict(coppiced_bin):
+    data = pathlib.Path(tempfile.mkdtemp(prefix="coppice-http-", dir="/var/tmp"))
+    admin(data, "image", "bootstrap", "busybox")
+    token = admin(data, "token", "create", "--project", "p")
+    srv = Server(coppiced_bin, data, extra_args=[
+        "--header-timeout", str(DEADLINE), "--idle-timeout", str(DEADLINE),
+        "--body-timeout", str(DEADLINE), "--body-min-kib", "16",
+        "--http-workers", "2", "--http-bulk-workers", "1"])
+    srv.start()
+    srv.token = token
+    yield srv
+    srv.stop()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def whoami_bytes(token, keep_alive=True):
+    return (b"GET /v1/whoami HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token.encode() +
+            b"\r\nConnection: " + (b"keep-alive" if keep_alive else b"close") + b"\r\n\r\n")
+
+
+def uploads_in_flight(srv):
+    return [f for f in (pathlib.Path(srv.data_dir) / "tmp").iterdir()
+            if f.name.startswith("upload-")]
+
+
+def test_slow_header_is_cut_at_the_header_deadline(strict):
+    """Slowloris: a header dribbled a byte at a time never completes; the old server's only
+    deadline was 60 s per read, so each byte kept it open."""
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as s:
+        t0 = time.time()
+        s.sendall(b"GET /v1/whoami HTTP/1.1\r\nHost: x\r\n")
+        reply = b""
+        try:
+            while time.time() - t0 < 4 * DEADLINE:
+                s.sendall(b"X")
+                s.settimeout(0.2)
+                try:
+                    got = s.recv(4096)
+                except socket.timeout:
+                    continue
+                if not got:
+                    break
+                reply += got
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        took = time.time() - t0
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert DEADLINE * 0.8 < took < DEADLINE + 2, took
+    # a connection that sends nothing at all is closed at the same deadline
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as s:
+        t0 = time.time()
+        assert closed_within(s, DEADLINE + 2)
+        assert time.time() - t0 > DEADLINE * 0.8
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout(strict):
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as s:
+        s.sendall(whoami_bytes(strict.token))
+        status, _, _ = read_reply(s, 5)
+        assert status.startswith("HTTP/1.1 200")
+        # used again before the timeout: still served
+        time.sleep(DEADLINE / 3)
+        s.sendall(whoami_bytes(strict.token))
+        status, _, _ = read_reply(s, 5)
+        assert status.startswith("HTTP/1.1 200")
+        t0 = time.time()
+        assert closed_within(s, DEADLINE + 2)
+        assert time.time() - t0 > DEADLINE * 0.8
+
+
+def test_stalled_json_body_is_cut(strict):
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as s:
+        s.sendall(b"POST /v1/instances HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                  strict.token.encode() + b"\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000\r\n\r\n{\"image\":")
+        t0 = time.time()
+        status, _, body = read_reply(s, 2 * DEADLINE + 3)
+        assert status.startswith("HTTP/1.1 408"), (status, body)
+        assert json.loads(body)["status"] == 408
+        assert time.time() - t0 < 2 * DEADLINE + 2
+
+
+def test_stalled_upload_is_cut_and_leaves_nothing(strict):
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as s:
+        s.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                  strict.token.encode() + b"\r\nContent-Type: application/octet-stream\r\n"
+                  b"Content-Length: 10000000\r\n\r\n")
+        s.sendall(b"x" * (300 << 10))  # more than one disk chunk, then nothing
+        t0 = time.time()
+        status, _, body = read_reply(s, 3 * DEADLINE + 3)
+        assert status.startswith("HTTP/1.1 408"), (status, body)
+        assert time.time() - t0 < 3 * DEADLINE + 2
+    deadline = time.time() + 5
+    while uploads_in_flight(strict) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not uploads_in_flight(strict)
+
+
+def test_slow_but_steady_upload_is_served(strict):
+    """The body rule cuts stalls, not slow clients: 16 KiB per window is enough."""
+    total = 0
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as s:
+        n = 12 * 8192
+        s.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                  strict.token.encode() + b"\r\nContent-Type: application/octet-stream\r\n" +
+                  f"Content-Length: {n}\r\n\r\n".encode())
+        t0 = time.time()
+        while total < n:
+            s.sendall(b"y" * 8192)  # 8 KiB every DEADLINE/4: 32 KiB per window
+            total += 8192
+            time.sleep(DEADLINE / 4)
+        assert time.time() - t0 > 2 * DEADLINE  # several windows
+        status, _, body = read_reply(s, 10)
+        assert status.startswith("HTTP/1.1 201"), (status, body)
+        assert json.loads(body)["size"] == n
 
