@@ -36,8 +36,6 @@ bool Api::is_bulk(http::verb method, std::string_view target) {
     return path.size() >= s.size() && path.substr(path.size() - s.size()) == s;
   };
   if (path.substr(0, 7) == "images/") return ends_with("/export");
-  // Event streams wait for the operation's events on their thread.
-  if (path.substr(0, 11) == "operations/") return ends_with("/events");
   if (path.substr(0, 8) == "inspect/")
     return ends_with("/list") || ends_with("/download") || ends_with("/archive") ||
            ends_with("/grep");
@@ -50,6 +48,7 @@ void Api::handle(Exchange& ex) {
     if (is_public(ex.method(), std::string_view(target.data(), target.size()))) return health(ex);
     authenticate(ex);
     route(ex);
+    if (ex.detached()) return;  // the response goes on asynchronously (an event stream)
     if (!ex.responded()) throw not_found("no such endpoint");
   } catch (const Error& e) {
     if (!ex.responded())

@@ -35,8 +35,7 @@ class Api {
   static bool is_public(http::verb method, std::string_view target);
   static constexpr uint64_t kPublicBodyLimit = 1024;
   // True for requests whose handler may take long or stream a large answer (uploads, export,
-  // inspect list/download/archive/grep, event streams): the server runs them apart from the
-  // short ones.
+  // inspect list/download/archive/grep): the server runs them apart from the short ones.
   static bool is_bulk(http::verb method, std::string_view target);
   // (token uuid, project) of a request's bearer token; throws a 401 Error. Used before a
   // request body is read, so that nothing is accepted from unauthenticated clients.

@@ -17,7 +17,7 @@
 //           short requests, the `bulk` pool for uploads, downloads, archives, exports and
 //           greps (Api::is_bulk), so that long streams never delay short requests. Its
 //           writes wait for the IO thread; each write must finish within write_timeout.
-//           (Event-stream followers still wait on a bulk worker each.)
+//           An event-stream follower detaches (Exchange::detach) and waits on the strand.
 // Past max_connections a new connection is answered 503 with Retry-After without reading it.
 #pragma once
 

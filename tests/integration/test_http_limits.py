@@ -208,3 +208,42 @@ def test_slow_but_steady_upload_is_served(strict):
         assert status.startswith("HTTP/1.1 201"), (status, body)
         assert json.loads(body)["size"] == n
 
+
+def test_event_followers_hold_no_worker(strict):
+    """100 followers of a running operation on a server with 2 request threads and 1 bulk
+    thread: every follower's stream begins at once (a follower that held a thread would keep
+    the next one waiting until the run ends), a fresh request is answered meanwhile, and every
+    follower gets the completion."""
+    from coppice_client import Client
+    c = Client(strict.url, strict.token)
+    busybox = c.get("/v1/images", params={"tag": "busybox:latest"}).json()["images"][0]["uuid"]
+    op = c.spawn(busybox, "sleep 8", disposable=True)
+    followers, got = [], []
+    try:
+        t0 = time.time()
+        for _ in range(100):
+            s = socket.create_connection(("127.0.0.1", strict.port), timeout=20)
+            s.sendall(f"GET /v1/operations/{op}/events?follow=1 HTTP/1.1\r\nHost: x\r\n"
+                      f"Authorization: Bearer {strict.token}\r\n\r\n".encode())
+            followers.append(s)
+        for s in followers:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = s.recv(4096)
+                assert chunk, "follower closed"
+                head += chunk
+            assert head.startswith(b"HTTP/1.1 200"), head
+            got.append(head)
+        assert time.time() - t0 < 4, time.time() - t0  # long before the run ends
+        t1 = time.time()
+        assert c.get("/v1/whoami").status == 200 and time.time() - t1 < 1
+        assert c.get(f"/v1/operations/{op}").json()["status"] in ("ASSIGNED", "EXECUTING")
+        for i, s in enumerate(followers):
+            while not got[i].endswith(b"\r\n0\r\n\r\n"):  # the last chunk ends the stream
+                chunk = s.recv(65536)
+                assert chunk, "follower closed before the completion"
+                got[i] += chunk
+            assert b"event: completion" in got[i]
+    finally:
+        for s in followers:
+            s.close()
