@@ -13,7 +13,7 @@ DEB_PACKAGES := build-essential cmake ninja-build pkg-config git \
   busybox-static python3 python3-pytest curl mmdebstrap \
   docker-registry umoci skopeo apache2-utils runc zstd libedit2 tmux nodejs runsc python3-pip qemu-system-x86 linux-image-cloud-amd64 e2fsprogs
 
-.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci bench-sdk bench-runtimes format clean
+.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci bench-sdk bench-runtimes bench-http format clean
 
 deps:
 	@./scripts/install-deps.sh $(DEB_PACKAGES)
@@ -63,6 +63,9 @@ bench-sdk: build
 
 bench-runtimes: build
 	/usr/bin/python3 bench/runtime_bench.py $(BUILD)
+
+bench-http: build
+	/usr/bin/python3 bench/http_conns.py $(BUILD)
 
 format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')
