@@ -30,8 +30,12 @@ namespace {
 // Refused connections answered at once; past this many, further ones are just closed.
 constexpr size_t kMaxRefusing = 32;
 constexpr size_t kHeaderLimit = 64 * 1024;
-// Uploads are read into a buffer of this size, written to disk once it is full.
-constexpr size_t kUploadChunk = 256 * 1024;
+// Uploads are read from the socket in reads of up to kUploadRead bytes into a chunk of
+// kUploadChunk, written to disk once it is full. At most kMaxUploads bodies are read at once
+// (more get 503 + Retry-After), so stalled uploads hold at most kMaxUploads * 192 KiB.
+constexpr size_t kUploadChunk = 128 * 1024;
+constexpr size_t kUploadRead = 64 * 1024;
+constexpr size_t kMaxUploads = 256;
 // After a response that ends the connection: what the peer still sends is read and dropped
 // for this long (or this much), so that a reset does not destroy the response in flight.
 constexpr auto kLingerTime = std::chrono::seconds(1);
@@ -164,6 +168,9 @@ class Connection : public ResponseChannel, public std::enable_shared_from_this<C
   void close_graceful();
   void drain();
   void close_now();
+  // Closes and removes an upload being received, and gives its buffer and slot back. Never
+  // while the bulk pool writes to it (disk_busy_).
+  void drop_upload();
   void arm(std::chrono::steady_clock::duration d);
   void disarm();
 
@@ -192,8 +199,17 @@ class Connection : public ResponseChannel, public std::enable_shared_from_this<C
   // An upload: its file, the chunk being filled and whether the bulk pool is writing it.
   UniqueFd upload_fd_;
   std::string upload_path_;
-  std::vector<char> chunk_;
+  std::unique_ptr<char[]> chunk_;  // kUploadChunk bytes
   size_t chunk_used_ = 0;
+  // Holds one of the server's kMaxUploads upload slots while an upload's body is read.
+  struct UploadSlot {
+    explicit UploadSlot(std::atomic<size_t>& n) : n_(n) { ++n_; }
+    ~UploadSlot() { --n_; }
+    UploadSlot(const UploadSlot&) = delete;
+    UploadSlot& operator=(const UploadSlot&) = delete;
+    std::atomic<size_t>& n_;
+  };
+  std::optional<UploadSlot> upload_slot_;
   bool disk_busy_ = false;
 
   std::string out_;  // bytes being written
@@ -326,6 +342,8 @@ void Connection::after_auth(std::optional<Error> err) {
   const uint64_t limit = upload_   ? cfg.max_upload
                          : public_ ? Api::kPublicBodyLimit
                                    : cfg.max_json_body;
+  if (upload_ && srv_.uploads_.load() >= kMaxUploads)
+    return refuse_request(503, fmt::format("{} uploads are in progress; retry", kMaxUploads));
   // Refused from the Content-Length, before reading.
   if (auto len = hp_->content_length(); len && *len > limit) {
     return refuse_request(413, upload_
@@ -347,6 +365,7 @@ void Connection::start_body() {
   const auto& cfg = srv_.api_.config();
   body_bytes_ = window_start_ = 0;
   if (upload_) {
+    upload_slot_.emplace(srv_.uploads_);
     up_ = std::make_unique<http::request_parser<http::buffer_body>>(std::move(*hp_));
     up_->body_limit(cfg.max_upload);
     upload_path_ = (srv_.cfg_.upload_dir / ("upload-" + new_uuid())).string();
@@ -358,8 +377,9 @@ void Connection::start_body() {
       return refuse_request(err == ENOSPC || err == EDQUOT ? 507 : 500,
                             fmt::format("open upload file: {}", std::strerror(err)));
     }
-    chunk_.resize(kUploadChunk);
+    chunk_ = std::make_unique_for_overwrite<char[]>(kUploadChunk);
     chunk_used_ = 0;
+    buf_.reserve(kUploadRead);  // Beast reads at most the buffer's free space at a time
   } else {
     sp_ = std::make_unique<http::request_parser<http::string_body>>(std::move(*hp_));
     sp_->body_limit(public_ ? Api::kPublicBodyLimit : cfg.max_json_body);
@@ -375,8 +395,8 @@ void Connection::read_body() {
   auto done = [self = shared_from_this()](beast::error_code ec, size_t n) { self->on_body(ec, n); };
   if (sp_) return http::async_read_some(sock_, buf_, *sp_, std::move(done));
   auto& body = up_->get().body();
-  body.data = chunk_.data() + chunk_used_;
-  body.size = chunk_.size() - chunk_used_;
+  body.data = chunk_.get() + chunk_used_;
+  body.size = kUploadChunk - chunk_used_;
   body.more = true;
   http::async_read_some(sock_, buf_, *up_, std::move(done));
 }
@@ -391,7 +411,7 @@ void Connection::on_body(beast::error_code ec, size_t n) {
                          srv_.cfg_.body_min_bytes >> 10, seconds(srv_.cfg_.body_window)));
   }
   if (up_) {
-    chunk_used_ = chunk_.size() - up_->get().body().size;
+    chunk_used_ = kUploadChunk - up_->get().body().size;
     if (ec == http::error::need_buffer) ec = {};
   }
   if (ec == http::error::body_limit) {
@@ -407,7 +427,7 @@ void Connection::on_body(beast::error_code ec, size_t n) {
     return close_now();
   }
   const bool done = sp_ ? sp_->is_done() : up_->is_done();
-  if (up_ && (chunk_used_ == chunk_.size() || (done && chunk_used_ > 0))) return flush_upload();
+  if (up_ && (chunk_used_ == kUploadChunk || (done && chunk_used_ > 0))) return flush_upload();
   if (done) return on_body_done();
   read_body();
 }
@@ -415,11 +435,11 @@ void Connection::on_body(beast::error_code ec, size_t n) {
 void Connection::flush_upload() {
   disk_busy_ = true;
   srv_.bulk_.post([self = shared_from_this(), n = chunk_used_] {
-    bool ok = write_all(self->upload_fd_.get(), self->chunk_.data(), n);
+    bool ok = write_all(self->upload_fd_.get(), self->chunk_.get(), n);
     int err = ok ? 0 : errno;
     net::post(self->strand_, [self, err] {
       self->disk_busy_ = false;
-      if (self->closed_) return;
+      if (self->closed_) return self->drop_upload();
       if (err) {
         self->disarm();
         return self->refuse_request(err == ENOSPC || err == EDQUOT ? 507 : 500,
@@ -443,8 +463,8 @@ void Connection::on_body_done() {
   } else {
     header_ = std::move(up_->get().base());
     upload_fd_.reset();
-    chunk_.clear();
-    chunk_.shrink_to_fit();
+    chunk_.reset();
+    upload_slot_.reset();
   }
   sp_.reset();
   up_.reset();
@@ -509,11 +529,7 @@ void Connection::refuse_request(int status, const std::string& msg) {
                                       : up_                        ? up_->get().base()
                                                                    : blank;
   std::string bytes = error_bytes(req, status, msg);
-  if (upload_fd_) {
-    upload_fd_.reset();
-    ::unlink(upload_path_.c_str());
-    upload_path_.clear();
-  }
+  drop_upload();
   out_ = std::move(bytes);
   phase_ = Phase::kWrite;
   arm(kFarewellTime);
@@ -523,6 +539,16 @@ void Connection::refuse_request(int status, const std::string& msg) {
                      if (ec) return self->close_now();
                      self->close_graceful();
                    });
+}
+
+void Connection::drop_upload() {
+  if (upload_fd_) {
+    upload_fd_.reset();
+    ::unlink(upload_path_.c_str());
+    upload_path_.clear();
+  }
+  chunk_.reset();
+  upload_slot_.reset();
 }
 
 void Connection::close_graceful() {
@@ -552,10 +578,7 @@ void Connection::close_now() {
   beast::error_code ec;
   sock_.shutdown(tcp::socket::shutdown_both, ec);
   sock_.close(ec);
-  if (upload_fd_) {
-    upload_fd_.reset();
-    ::unlink(upload_path_.c_str());
-  }
+  if (!disk_busy_) drop_upload();  // else when the disk write returns: it uses the fd
   ex_.reset();
   if (on_close_) {
     auto fn = std::move(on_close_);

@@ -102,6 +102,7 @@ class HttpServer {
   // (and a running handler) hold; this map only names them for stop(true) and the limit.
   std::unordered_map<Connection*, std::weak_ptr<Connection>> open_;
   std::atomic<size_t> refusing_{0};  // connections being answered 503 (at most kMaxRefusing)
+  std::atomic<size_t> uploads_{0};   // upload bodies being read (at most kMaxUploads)
 };
 
 }  // namespace coppice::api

@@ -87,6 +87,37 @@ def test_health_is_public_with_a_tiny_body_limit(server):
         assert status.startswith("HTTP/1.1 413"), status
 
 
+
+def test_uploads_in_progress_are_capped_with_503(server):
+    """Each upload being received holds a buffer: past 256 at once, 503 + Retry-After."""
+    held = []
+    try:
+        for _ in range(256):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            s.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                      server.token.encode() + b"\r\nContent-Length: 1000000\r\n\r\nxx")
+            held.append(s)
+        time.sleep(1)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                      server.token.encode() + b"\r\nContent-Length: 10\r\n\r\n0123456789")
+            status, headers, body = read_reply(s, 5)
+            assert status.startswith("HTTP/1.1 503"), (status, body)
+            assert headers["retry-after"] == "1"
+    finally:
+        for s in held:
+            s.close()
+    # the slots come back with the connections
+    from coppice_client import Client
+    c = Client(server.url, server.token)
+    deadline, status = time.time() + 10, None
+    while status != 201 and time.time() < deadline:
+        status = c.post("/v1/files", b"after",
+                        headers={"Content-Type": "application/octet-stream"}).status
+        time.sleep(0.1)
+    assert status == 201
+
+
 # A server with short deadlines and few workers: every phase of a connection is timed.
 DEADLINE = 1.5
 
