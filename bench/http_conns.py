@@ -2,7 +2,7 @@
 """Many open connections (issue #12 item 6): does the server keep serving a fresh client while
 10,000 slow or idle connections and 1,000 event-stream followers are open, and what do they cost?
 
-usage: bench/http_conns.py [BUILD_DIR] [--idle N] [--followers N] [--probes N]
+usage: bench/http_conns.py [BUILD_DIR] [--idle N] [--followers N] [--probes N] [--gzip]
        (make bench-http)
 
 Starts its own coppiced on a fresh data dir under /var/tmp (needs root), loopback only. Opens, in
@@ -11,7 +11,8 @@ connections that dribble a request header, N/3 connections stalled in an authent
 and F followers of `GET /v1/operations/{op}/events?follow=1` on one long `sleep` run. Then a
 fresh client (a new connection each time) calls `GET /v1/whoami` P times: p50/p99 latency, and
 the server's RSS (VmRSS) and thread count before, with everything open, and after closing it.
-The server runs with header/body deadlines longer than the bench so the slow connections stay
+With --gzip the followers ask for gzip (each then holds a zlib stream). The server runs with
+header/body deadlines longer than the bench so the slow connections stay
 open while it measures (the deadlines themselves are tested in tests/integration)."""
 import http.client
 import json
@@ -37,6 +38,9 @@ def opt(name, default):
     return default
 
 
+GZIP = "--gzip" in args
+if GZIP:
+    args.remove("--gzip")
 IDLE = opt("--idle", 10_000)
 FOLLOWERS = opt("--followers", 1_000)
 PROBES = opt("--probes", 300)
@@ -160,8 +164,9 @@ try:
         assert time.time() - t_start < TIME_LIMIT
     for i in range(FOLLOWERS):
         s = socket.create_connection(("127.0.0.1", port), timeout=60)
+        gz = "Accept-Encoding: gzip\r\n" if GZIP else ""
         s.sendall(f"GET /v1/operations/{op}/events?follow=1 HTTP/1.1\r\nHost: x\r\n"
-                  f"Authorization: Bearer {token}\r\n\r\n".encode())
+                  f"Authorization: Bearer {token}\r\n{gz}\r\n".encode())
         held.append(s)
     for s in held[IDLE:]:  # every follower's stream has begun
         buf = b""
@@ -196,7 +201,8 @@ try:
 
     print(f"coppiced on 127.0.0.1:{port}, {os.cpu_count()} CPUs; client fd limit {soft}")
     print(f"opened {sum(kinds.values())} connections in {opened_s:.1f} s: " +
-          ", ".join(f"{v} {k}" for k, v in kinds.items()) + f"; {alive} still open at the end")
+          ", ".join(f"{v} {k}" for k, v in kinds.items()) + (" (gzip)" if GZIP else "") +
+          f"; {alive} still open at the end")
     for name, lat in (("idle server", base), ("with all open", loaded), ("after closing", after)):
         print(f"fresh-client GET /v1/whoami, {name:14}: p50 {statistics.median(lat):6.2f} ms  "
               f"p99 {pct(lat, 0.99):6.2f} ms  max {max(lat):6.2f} ms  (n={len(lat)})")

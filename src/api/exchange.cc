@@ -218,7 +218,10 @@ void Exchange::begin_stream(int status, const std::string& content_type,
   res.keep_alive(keep_alive_);
   if (gzip_) {
     res.set(http::field::content_encoding, "gzip");
-    stream_gz_ = std::make_unique<GzipStream>();
+    // An event stream may stay open for hours with a frame now and then: a 4 KiB window
+    // (about 32 KiB of zlib state instead of 256 KiB) compresses its frames as well.
+    stream_gz_ = content_type == "text/event-stream" ? std::make_unique<GzipStream>(12, 5)
+                                                     : std::make_unique<GzipStream>();
   }
   res.chunked(true);
   channel_->send(serialize_header(res));
