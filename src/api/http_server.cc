@@ -165,6 +165,7 @@ class Connection : public ResponseChannel, public std::enable_shared_from_this<C
   // Answers `status` (an error, Connection: close), then closes gracefully.
   void refuse_request(int status, const std::string& msg);
   void write(std::string bytes, std::function<void(beast::error_code)> done);
+  void write_some();
   void close_graceful();
   void drain();
   void close_now();
@@ -212,7 +213,9 @@ class Connection : public ResponseChannel, public std::enable_shared_from_this<C
   std::optional<UploadSlot> upload_slot_;
   bool disk_busy_ = false;
 
-  std::string out_;  // bytes being written
+  std::string out_;  // bytes being written, out_off_ of them written already
+  size_t out_off_ = 0;
+  std::function<void(beast::error_code)> write_done_;
   std::shared_ptr<Exchange> ex_;
   std::unique_ptr<char[]> drain_buf_;
   size_t drained_ = 0;
@@ -508,16 +511,27 @@ void Connection::send(std::string bytes) {
 void Connection::write(std::string bytes, std::function<void(beast::error_code)> done) {
   if (closed_) return done(net::error::operation_aborted);
   out_ = std::move(bytes);
+  out_off_ = 0;
+  write_done_ = std::move(done);
   phase_ = Phase::kWrite;
+  write_some();
+}
+
+void Connection::write_some() {
+  // The deadline restarts with every bit of progress: a slow reader is fine, one that reads
+  // nothing for write_timeout is not.
   arm(srv_.cfg_.write_timeout);
-  net::async_write(
-      sock_, net::buffer(out_),
-      [self = shared_from_this(), done = std::move(done)](beast::error_code ec, size_t) {
-        self->disarm();
-        self->out_.clear();
-        if (ec) self->close_now();
-        done(ec);
-      });
+  sock_.async_write_some(net::buffer(out_.data() + out_off_, out_.size() - out_off_),
+                         [self = shared_from_this()](beast::error_code ec, size_t n) {
+                           self->out_off_ += n;
+                           if (!ec && self->out_off_ < self->out_.size()) return self->write_some();
+                           self->disarm();
+                           self->out_.clear();
+                           if (ec) self->close_now();
+                           auto done = std::move(self->write_done_);
+                           self->write_done_ = nullptr;
+                           done(ec);
+                         });
 }
 
 void Connection::refuse_request(int status, const std::string& msg) {

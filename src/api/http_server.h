@@ -16,7 +16,8 @@
 //   handler Api::handle runs on a worker pool, never on an IO thread: the `quick` pool for
 //           short requests, the `bulk` pool for uploads, downloads, archives, exports and
 //           greps (Api::is_bulk), so that long streams never delay short requests. Its
-//           writes wait for the IO thread; each write must finish within write_timeout.
+//           writes wait for the IO thread; a write that makes no progress for
+//           write_timeout (the client reads nothing) closes the connection.
 //           An event-stream follower detaches (Exchange::detach) and waits on the strand.
 // Past max_connections a new connection is answered 503 with Retry-After without reading it.
 #pragma once
@@ -52,7 +53,7 @@ struct HttpServerConfig {
   std::chrono::milliseconds idle_timeout{std::chrono::seconds(60)};
   std::chrono::milliseconds body_window{std::chrono::seconds(30)};
   uint64_t body_min_bytes = 64 << 10;
-  std::chrono::milliseconds write_timeout{std::chrono::seconds(60)};
+  std::chrono::milliseconds write_timeout{std::chrono::seconds(60)};  // without progress
 };
 
 class Connection;

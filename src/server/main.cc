@@ -252,8 +252,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   serve_cmd
       ->add_option("--write-timeout", so.write_timeout_s,
-                   "seconds one response write (up to 256 KiB) may take before the connection "
-                   "is closed")
+                   "seconds a response may make no progress (the client reads nothing) before "
+                   "the connection is closed")
       ->check(CLI::Range(0.1, 3600.0))
       ->capture_default_str();
   serve_cmd

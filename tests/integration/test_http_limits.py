@@ -129,7 +129,7 @@ def strict(coppiced_bin):
     token = admin(data, "token", "create", "--project", "p")
     srv = Server(coppiced_bin, data, extra_args=[
         "--header-timeout", str(DEADLINE), "--idle-timeout", str(DEADLINE),
-        "--body-timeout", str(DEADLINE), "--body-min-kib", "16",
+        "--body-timeout", str(DEADLINE), "--body-min-kib", "16", "--write-timeout", str(DEADLINE),
         "--http-workers", "2", "--http-bulk-workers", "1"])
     srv.start()
     srv.token = token
@@ -238,6 +238,55 @@ def test_slow_but_steady_upload_is_served(strict):
         status, _, body = read_reply(s, 10)
         assert status.startswith("HTTP/1.1 201"), (status, body)
         assert json.loads(body)["size"] == n
+
+
+
+def test_a_client_that_stops_reading_is_cut_but_a_slow_one_is_not(strict):
+    from coppice_client import Client
+    c = Client(strict.url, strict.token)
+    size = 64 << 20
+    op = c.run("tag:busybox:latest", f"head -c {size} /dev/zero > /big", timeout=60)
+    img = op["result_image_uuid"]
+    req = (f"GET /v1/inspect/{img}/download?path=/big HTTP/1.1\r\nHost: x\r\n"
+           f"Authorization: Bearer {strict.token}\r\n\r\n").encode()
+
+    def drain(s, limit):
+        got = 0
+        s.settimeout(5)
+        try:
+            while got < limit:
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                got += len(chunk)
+        except (ConnectionResetError, socket.timeout):
+            pass
+        return got
+
+    def connect():
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # a small receive buffer: what is not read stays in the server's send buffer (4 MiB
+        # at most), whose writer wakes when half of it drained
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 << 10)
+        s.connect(("127.0.0.1", strict.port))
+        return s
+
+    # reads slowly (1 MiB every DEADLINE/4) for 3 deadlines, then quickly: gets it all
+    with connect() as s:
+        s.sendall(req)
+        got, t0 = 0, time.time()
+        while time.time() - t0 < 3 * DEADLINE:
+            got += drain(s, 1 << 20)
+            time.sleep(DEADLINE / 4)
+        assert got < size // 2, got  # it was slow
+        got += drain(s, size + (1 << 20) - got)
+        assert got > size, got  # the whole file and the chunk framing
+    # reads nothing: closed once the socket buffers are full and DEADLINE passed
+    with connect() as s:
+        s.sendall(req)
+        time.sleep(3 * DEADLINE + 2)
+        got = drain(s, size + (1 << 20))
+        assert 0 < got < size, got
 
 
 def test_event_followers_hold_no_worker(strict):
