@@ -14,7 +14,7 @@ DEB_PACKAGES := build-essential cmake ninja-build pkg-config git \
   docker-registry umoci skopeo apache2-utils runc zstd libedit2 tmux nodejs runsc python3-pip qemu-system-x86 linux-image-cloud-amd64 e2fsprogs strace \
   xfsprogs util-linux
 
-.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci bench-sdk bench-runtimes soak format clean
+.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci bench-sdk bench-runtimes bench-http soak format clean
 
 deps:
 	@./scripts/install-deps.sh $(DEB_PACKAGES)
@@ -64,6 +64,9 @@ bench-sdk: build
 
 bench-runtimes: build
 	/usr/bin/python3 bench/runtime_bench.py $(BUILD)
+
+bench-http: build
+	/usr/bin/python3 bench/http_conns.py $(BUILD)
 
 # 10,000 runs at concurrency 64, kill -9 of the server half-way, restart: nothing lost or left.
 soak: build

@@ -20,10 +20,35 @@ bool Api::is_upload(http::verb method, std::string_view target) {
   return path.size() >= 9 && path.substr(path.size() - 9) == "/v1/files";
 }
 
+bool Api::is_public(http::verb method, std::string_view target) {
+  if (method != http::verb::get && method != http::verb::head) return false;
+  return target.substr(0, target.find('?')) == "/health";
+}
+
+bool Api::is_bulk(http::verb method, std::string_view target) {
+  if (is_upload(method, target)) return true;
+  std::string_view path = target.substr(0, target.find('?'));
+  auto v1 = path.find("/v1/");
+  if (v1 == std::string_view::npos) return false;
+  path.remove_prefix(v1 + 4);
+  while (!path.empty() && path.back() == '/') path.remove_suffix(1);
+  auto ends_with = [&](std::string_view s) {
+    return path.size() >= s.size() && path.substr(path.size() - s.size()) == s;
+  };
+  if (path.substr(0, 7) == "images/") return ends_with("/export");
+  if (path.substr(0, 8) == "inspect/")
+    return ends_with("/list") || ends_with("/download") || ends_with("/archive") ||
+           ends_with("/grep");
+  return false;
+}
+
 void Api::handle(Exchange& ex) {
   try {
+    const auto target = ex.header().target();
+    if (is_public(ex.method(), std::string_view(target.data(), target.size()))) return health(ex);
     authenticate(ex);
     route(ex);
+    if (ex.detached()) return;  // the response goes on asynchronously (an event stream)
     if (!ex.responded()) throw not_found("no such endpoint");
   } catch (const engine::QueueFull& e) {
     // A queue cap: the body names the limit, Retry-After says when a slot is likely free.
@@ -160,6 +185,12 @@ void Api::whoami(Exchange& ex) {
             {"project", ex.project},
             {"runtimes", cfg_.runtimes},
             {"runtime_details", cfg_.runtime_details ? cfg_.runtime_details() : json::object()}});
+}
+
+void Api::health(Exchange& ex) {
+  // Says only that the server accepts and answers requests: nothing about its state.
+  if (ex.body().size() > kPublicBodyLimit) throw Error(413, "request body too large");
+  ex.reply_json(200, {{"status", "ok"}});
 }
 
 store::Page parse_page(const Query& q) {

@@ -40,9 +40,16 @@ class Api {
   void handle(Exchange& ex);
   // True when a request (method + path) is an upload whose body should go to a file.
   static bool is_upload(http::verb method, std::string_view target);
-  // (token uuid, project) of a request's bearer token; throws a 401 Error (unknown, revoked,
-  // expired, or of the public namespace). Used before a request body is read, so that nothing
-  // is accepted from unauthenticated clients.
+  // True for the few requests served without a token: `GET|HEAD /health`. Every other request
+  // is authenticated from its header before any of its body is read; a public one may carry a
+  // body of at most kPublicBodyLimit bytes.
+  static bool is_public(http::verb method, std::string_view target);
+  static constexpr uint64_t kPublicBodyLimit = 1024;
+  // True for requests whose handler may take long or stream a large answer (uploads, export,
+  // inspect list/download/archive/grep): the server runs them apart from the short ones.
+  static bool is_bulk(http::verb method, std::string_view target);
+  // (token uuid, project) of a request's bearer token; throws a 401 Error. Used before a
+  // request body is read, so that nothing is accepted from unauthenticated clients.
   std::pair<std::string, std::string> authenticate(const http::request_header<>& header);
   const ApiConfig& config() const { return cfg_; }
 
@@ -52,6 +59,7 @@ class Api {
 
   // Endpoint groups, one file each.
   void whoami(Exchange& ex);
+  void health(Exchange& ex);
   // whoami's `token_expiration`: Unix seconds, or null when the token never expires.
   nlohmann::json token_expiration(const std::string& token_uuid);
   void images(Exchange& ex);  // api/images_routes.cc

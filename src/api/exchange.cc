@@ -1,12 +1,47 @@
 #include "api/exchange.h"
 
-#include <boost/asio/write.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/beast/core/buffers_range.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
 
 #include "common/error.h"
 
 namespace coppice::api {
 
 namespace {
+// A SyncWriteStream that appends to a string: Beast's serializer writes a message into it,
+// so the bytes on the wire are the ones Beast's synchronous http::write would send.
+class StringSink {
+ public:
+  explicit StringSink(std::string& out) : out_(out) {}
+  template <class ConstBuffers>
+  size_t write_some(const ConstBuffers& buffers) {
+    size_t n = 0;
+    for (auto b : boost::beast::buffers_range_ref(buffers)) {
+      out_.append(static_cast<const char*>(b.data()), b.size());
+      n += b.size();
+    }
+    return n;
+  }
+  template <class ConstBuffers>
+  size_t write_some(const ConstBuffers& buffers, boost::system::error_code& ec) {
+    ec = {};
+    return write_some(buffers);
+  }
+
+ private:
+  std::string& out_;
+};
+
+template <class Body>
+std::string serialize_header(http::response<Body>& res) {
+  std::string out;
+  StringSink sink(out);
+  http::response_serializer<Body> sr{res};
+  http::write_header(sink, sr);
+  return out;
+}
+
 int hexval(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -64,8 +99,9 @@ std::vector<std::string> Query::all(const std::string& k) const {
   return out;
 }
 
-Exchange::Exchange(tcp::socket& sock, const http::request_header<>& header, std::string body)
-    : sock_(sock), header_(header), body_(std::move(body)) {
+Exchange::Exchange(std::shared_ptr<ResponseChannel> channel, const http::request_header<>& header,
+                   std::string body)
+    : channel_(std::move(channel)), header_(header), body_(std::move(body)) {
   std::string_view target(header.target().data(), header.target().size());
   size_t qpos = target.find('?');
   std::string_view path = target.substr(0, qpos);
@@ -148,13 +184,14 @@ void Exchange::reply(int status, std::string body, const std::string& content_ty
   }
   if (head_) {
     res.content_length(gzip_ ? body.size() : raw_len);
-    http::response_serializer<http::string_body> sr{res};
-    http::write_header(sock_, sr);
-    return;
+    return channel_->send(serialize_header(res));
   }
   res.body() = std::move(body);
   res.prepare_payload();
-  http::write(sock_, res);
+  std::string out;
+  StringSink sink(out);
+  http::write(sink, res);
+  channel_->send(std::move(out));
 }
 
 void Exchange::reply_head(int status, const std::string& content_type, uint64_t content_length) {
@@ -166,8 +203,7 @@ void Exchange::reply_head(int status, const std::string& content_type, uint64_t 
   res.set(http::field::content_type, content_type);
   res.content_length(content_length);
   res.keep_alive(keep_alive_);
-  http::response_serializer<http::empty_body> sr{res};
-  http::write_header(sock_, sr);
+  channel_->send(serialize_header(res));
 }
 
 void Exchange::begin_stream(int status, const std::string& content_type,
@@ -182,31 +218,59 @@ void Exchange::begin_stream(int status, const std::string& content_type,
   res.keep_alive(keep_alive_);
   if (gzip_) {
     res.set(http::field::content_encoding, "gzip");
-    stream_gz_ = std::make_unique<GzipStream>();
+    // An event stream may stay open for hours with a frame now and then: a 4 KiB window
+    // (about 32 KiB of zlib state instead of 256 KiB) compresses its frames as well.
+    stream_gz_ = content_type == "text/event-stream" ? std::make_unique<GzipStream>(12, 5)
+                                                     : std::make_unique<GzipStream>();
   }
   res.chunked(true);
-  http::response_serializer<http::empty_body> sr{res};
-  http::write_header(sock_, sr);
+  channel_->send(serialize_header(res));
+}
+
+std::string Exchange::chunk_bytes(std::string_view data) {
+  if (stream_gz_) {
+    std::string z = stream_gz_->chunk(data);
+    return boost::beast::buffers_to_string(http::make_chunk(boost::asio::buffer(z)));
+  }
+  return boost::beast::buffers_to_string(
+      http::make_chunk(boost::asio::buffer(data.data(), data.size())));
+}
+
+std::string Exchange::last_chunk_bytes() {
+  std::string out;
+  if (stream_gz_) {
+    std::string z = stream_gz_->finish();
+    out = boost::beast::buffers_to_string(http::make_chunk(boost::asio::buffer(z)));
+  }
+  return out + boost::beast::buffers_to_string(http::make_chunk_last());
 }
 
 void Exchange::write(std::string_view data) {
   if (data.empty()) return;
-  if (stream_gz_) {
-    std::string z = stream_gz_->chunk(data);
-    boost::asio::write(sock_, http::make_chunk(boost::asio::buffer(z)));
-  } else {
-    boost::asio::write(sock_, http::make_chunk(boost::asio::buffer(data.data(), data.size())));
-  }
+  channel_->send(chunk_bytes(data));
 }
 
 void Exchange::end_stream() {
   if (!streaming_) return;
   streaming_ = false;
-  if (stream_gz_) {
-    std::string z = stream_gz_->finish();
-    boost::asio::write(sock_, http::make_chunk(boost::asio::buffer(z)));
+  channel_->send(last_chunk_bytes());
+}
+
+void Exchange::async_write(std::string_view data, std::function<void(bool ok)> done) {
+  if (data.empty()) {
+    boost::asio::post(channel_->executor(), [done = std::move(done)] { done(true); });
+    return;
   }
-  boost::asio::write(sock_, http::make_chunk_last());
+  channel_->async_send(chunk_bytes(data), std::move(done));
+}
+
+void Exchange::async_end_stream(std::function<void(bool ok)> done) {
+  if (!streaming_) {
+    boost::asio::post(channel_->executor(), [done = std::move(done)] { done(true); });
+    return;
+  }
+  streaming_ = false;
+  channel_->async_send(last_chunk_bytes(), std::move(done));
 }
 
 }  // namespace coppice::api

@@ -7,8 +7,8 @@
 
 namespace coppice::api {
 
-GzipStream::GzipStream() {
-  if (deflateInit2(&zs_, 1, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+GzipStream::GzipStream(int window_bits, int mem_level) {
+  if (deflateInit2(&zs_, 1, Z_DEFLATED, window_bits + 16, mem_level, Z_DEFAULT_STRATEGY) != Z_OK)
     throw internal("deflateInit2 failed");
 }
 

@@ -11,7 +11,11 @@ namespace coppice::api {
 
 class GzipStream {
  public:
-  GzipStream();
+  // zlib's defaults: a 32 KiB window and memLevel 8, about 256 KiB of state.
+  GzipStream() : GzipStream(15, 8) {}
+  // A smaller state for streams of small frames that stay open long (event streams):
+  // window_bits 9..15, mem_level 1..9 (zlib's deflateInit2 parameters).
+  GzipStream(int window_bits, int mem_level);
   ~GzipStream();
   GzipStream(const GzipStream&) = delete;
   GzipStream& operator=(const GzipStream&) = delete;

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "api/api.h"
+#include "api/event_stream.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "oci/exporter.h"
@@ -15,15 +16,6 @@ using json = nlohmann::json;
 namespace {
 const char* const kStatuses[] = {"PENDING", "ASSIGNED", "EXECUTING",
                                  "SUCCESS", "FAILED",   "CANCELLED"};
-
-std::string sse_frame(const store::EventRecord& e) {
-  json j = {{"id", e.id},
-            {"ts", format_rfc3339(e.ts_us)},
-            {"spid", e.spid},
-            {"type", e.type},
-            {"data", e.data}};
-  return fmt::format("id: {}\nevent: {}\ndata: {}\n\n", e.id, e.type, j.dump());
-}
 
 int64_t parse_int_or(const std::optional<std::string>& v, int64_t def, const char* what) {
   if (!v || v->empty()) return def;
@@ -152,23 +144,18 @@ void Api::events(Exchange& ex, const std::string& op_uuid) {
       if (e.id > since && (!spid || e.spid == *spid)) ex.write(sse_frame(e));
     return ex.end_stream();
   }
-  auto keepalive = std::chrono::seconds(cfg_.sse_keepalive_s);
-  for (;;) {
-    bool done_before = live->finished();
-    auto evs = live->events_after(
-        since, spid, follow ? std::chrono::milliseconds(keepalive) : std::chrono::milliseconds(0));
+  if (!follow) {
     std::string buf;
-    bool completed = false;
-    for (const auto& e : evs) {
+    for (const auto& e : live->events_after(since, spid, std::chrono::milliseconds(0)))
       buf += sse_frame(e);
-      since = e.id;
-      if (e.type == "completion") completed = true;
-    }
     if (!buf.empty()) ex.write(buf);
-    if (completed || !follow || (done_before && evs.empty())) break;
-    if (evs.empty() && !live->finished()) ex.write(": keepalive\n\n");
+    return ex.end_stream();
   }
-  ex.end_stream();
+  // Following: the rest runs on the connection's strand, waiting without a thread.
+  auto self = ex.shared_from_this();
+  ex.detach();
+  follow_events(std::move(self), std::move(live), since, spid,
+                std::chrono::seconds(cfg_.sse_keepalive_s));
 }
 
 }  // namespace coppice::api

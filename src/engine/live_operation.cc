@@ -26,6 +26,7 @@ void LiveOperation::append(int spid, std::string type, nlohmann::json data) {
     events_.push_back(std::move(e));
   }
   cv_.notify_all();
+  notify_subscribers();
 }
 
 std::vector<store::EventRecord> LiveOperation::events() const {
@@ -80,6 +81,30 @@ void LiveOperation::complete(const store::OperationRecord& rec,
     finishing_ = true;
   }
   cv_.notify_all();
+  notify_subscribers();
+}
+
+uint64_t LiveOperation::subscribe(std::function<void()> fn) {
+  std::lock_guard lk(mu_);
+  uint64_t id = ++next_subscriber_;
+  subscribers_.emplace(id, std::move(fn));
+  return id;
+}
+
+void LiveOperation::unsubscribe(uint64_t id) {
+  std::lock_guard lk(mu_);
+  subscribers_.erase(id);
+}
+
+void LiveOperation::notify_subscribers() {
+  std::vector<std::function<void()>> fns;
+  {
+    std::lock_guard lk(mu_);
+    if (subscribers_.empty()) return;
+    fns.reserve(subscribers_.size());
+    for (const auto& [id, fn] : subscribers_) fns.push_back(fn);
+  }
+  for (const auto& fn : fns) fn();
 }
 
 bool LiveOperation::finished() const {

@@ -1,10 +1,13 @@
 // The in-memory state of an operation that is queued or running: its record, its ordered
-// event log and its cancel token. Event-stream followers wait on it; once the operation is
-// finished the same data is in the MetaStore and the live object is dropped.
+// event log and its cancel token. Event-stream followers wait on it (blocking, or through a
+// subscription that costs no thread); once the operation is finished the same data is in the
+// MetaStore and the live object is dropped.
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -49,6 +52,13 @@ class LiveOperation {
   // Waits up to `timeout` for complete(); returns finished().
   bool wait_finished(std::chrono::milliseconds timeout) const;
 
+  // Calls `fn` after every append() and after complete(), on the thread that made the change
+  // and outside the lock, until unsubscribe(id). `fn` must be quick (it posts work elsewhere)
+  // and must not call back into this object's subscribe/unsubscribe. A call already under way
+  // may still run after unsubscribe() returns: `fn` must stay safe (e.g. hold a weak_ptr).
+  uint64_t subscribe(std::function<void()> fn);
+  void unsubscribe(uint64_t id);
+
   sandbox::CancelToken& cancel_token() { return cancel_; }
 
  private:
@@ -59,6 +69,11 @@ class LiveOperation {
   bool finished_ = false;
   bool finishing_ = false;
   sandbox::CancelToken cancel_;
+  uint64_t next_subscriber_ = 0;
+  std::map<uint64_t, std::function<void()>> subscribers_;
+
+  // Runs the subscribers' callbacks (copied under the lock) after a change.
+  void notify_subscribers();
 };
 
 }  // namespace coppice::engine

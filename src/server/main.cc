@@ -22,6 +22,7 @@
 #include "common/clock.h"
 #include "common/error.h"
 #include "common/fsutil.h"
+#include "common/fd_limit.h"
 #include "common/ids.h"
 #include "common/sha256.h"
 #include "engine/base_images.h"
@@ -65,7 +66,9 @@ OpenStore open_store(const Paths& paths, bool durable, bool with_ids = true) {
 struct ServeOptions {
   std::string listen = "127.0.0.1:8080";
   size_t workers = 16;
-  size_t max_connections = 1024;
+  api::HttpServerConfig http;
+  double header_timeout_s = 20, idle_timeout_s = 60, body_timeout_s = 30, write_timeout_s = 60;
+  uint64_t body_min_kib = 64;
   size_t flatten_depth = 64;
   bool durable = false;
   int shutdown_grace_s = 30;
@@ -100,27 +103,6 @@ struct ServeOptions {
   uint32_t microvm_uid = 99999;        // QEMU's uid and gid (outside the sandbox range)
 };
 
-// Every queued operation holds an eventfd, every live sandbox about eight descriptors and every
-// connection a socket: take as many as the host allows. Root may raise the hard limit up to
-// fs.nr_open (a million by default; the inherited limit was 20,000 on the dev machines, which
-// ran out at about 1,000 live sandboxes).
-void raise_fd_limit() {
-  rlimit nofile{};
-  if (getrlimit(RLIMIT_NOFILE, &nofile) != 0) return;
-  rlim_t want = nofile.rlim_max;
-  try {
-    want = std::max<rlim_t>(want, std::stoull(read_file("/proc/sys/fs/nr_open")));
-  } catch (const std::exception&) {
-  }
-  rlimit raised{want, want};
-  if (setrlimit(RLIMIT_NOFILE, &raised) != 0) {  // not root: the soft limit up to the hard one
-    nofile.rlim_cur = nofile.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &nofile);
-  }
-  getrlimit(RLIMIT_NOFILE, &nofile);
-  spdlog::info("file descriptor limit: {}", nofile.rlim_cur);
-}
-
 int serve(const Paths& paths, const ServeOptions& o) {
   spdlog::set_level(spdlog::level::from_str(o.log_level));
   // SIGTERM/SIGINT are taken by a dedicated thread; every other thread blocks them.
@@ -130,7 +112,16 @@ int serve(const Paths& paths, const ServeOptions& o) {
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   std::signal(SIGPIPE, SIG_IGN);
-  raise_fd_limit();
+  // Every queued operation holds an eventfd, every live sandbox a few descriptors and every
+  // connection a socket: raise the limit as far as the host lets.
+  auto fds = raise_fd_limit();
+  spdlog::info("descriptor limit {} (hard {}; was {}/{}){}", fds.soft, fds.hard, fds.before_soft,
+               fds.before_hard, fds.note.empty() ? "" : ": " + fds.note);
+  if (fds.soft < o.http.max_connections + 4096)
+    spdlog::warn(
+        "--max-connections {} leaves less than 4096 of the descriptor limit {} to sandboxes "
+        "and the queue when every connection is open",
+        o.http.max_connections, fds.soft);
 
   OpenStore st = open_store(paths, o.durable);
   store::LayerStore& layers = *st.layers;
@@ -244,7 +235,16 @@ int serve(const Paths& paths, const ServeOptions& o) {
     return d;
   };
   api::Api api(ac, engine);
-  api::HttpServer server(api, o.listen, layers.tmp_path(""), o.max_connections);
+  api::HttpServerConfig hc = o.http;
+  hc.listen = o.listen;
+  hc.upload_dir = layers.tmp_path("");
+  auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
+  hc.header_timeout = ms(o.header_timeout_s);
+  hc.idle_timeout = ms(o.idle_timeout_s);
+  hc.body_window = ms(o.body_timeout_s);
+  hc.write_timeout = ms(o.write_timeout_s);
+  hc.body_min_bytes = o.body_min_kib << 10;
+  api::HttpServer server(api, hc);
   spdlog::info("coppiced listening on {} (port {}), data dir {}", o.listen, server.port(),
                paths.data_dir);
   std::cout << "listening on port " << server.port() << std::endl;
@@ -374,9 +374,47 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--workers", so.workers, "sandboxes running at once")
       ->capture_default_str();
   serve_cmd
-      ->add_option("--max-connections", so.max_connections,
-                   "HTTP connections served at once (one thread each); more are answered 503")
-      ->check(CLI::Range(size_t{1}, size_t{100000}))
+      ->add_option("--max-connections", so.http.max_connections,
+                   "HTTP connections open at once; more are answered 503 with Retry-After")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--http-threads", so.http.io_threads,
+                   "HTTP IO threads (0: one per CPU); they never block")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--http-workers", so.http.quick_workers,
+                   "threads that run short API requests (0: 2 per CPU, at least 8)")
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--http-bulk-workers", so.http.bulk_workers,
+                   "threads for uploads, downloads, archives, exports and greps; more wait")
+      ->check(CLI::Range(size_t{1}, size_t{4096}))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--header-timeout", so.header_timeout_s,
+                   "seconds a client gets to send a whole request header (else 408)")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--idle-timeout", so.idle_timeout_s,
+                   "seconds a keep-alive connection may sit idle between requests")
+      ->check(CLI::Range(0.1, 86400.0))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--body-timeout", so.body_timeout_s,
+                   "a request body must deliver --body-min-kib (or the rest of it) in every "
+                   "window of this many seconds (else 408)")
+      ->check(CLI::Range(0.1, 3600.0))
+      ->capture_default_str();
+  serve_cmd->add_option("--body-min-kib", so.body_min_kib, "see --body-timeout")
+      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 20))
+      ->capture_default_str();
+  serve_cmd
+      ->add_option("--write-timeout", so.write_timeout_s,
+                   "seconds a response may make no progress (the client reads nothing) before "
+                   "the connection is closed")
+      ->check(CLI::Range(0.1, 3600.0))
       ->capture_default_str();
   serve_cmd
       ->add_option("--flatten-depth", so.flatten_depth,

@@ -74,5 +74,21 @@ TEST(LiveOperation, FollowerWakesOnAppendAndFinish) {
   EXPECT_FALSE(op.begin_finishing());
 }
 
+TEST(LiveOperation, SubscribersHearEveryAppendAndTheEndUntilTheyLeave) {
+  LiveOperation op(store::OperationRecord{});
+  int a = 0, b = 0;
+  auto ida = op.subscribe([&] { ++a; });
+  op.subscribe([&] { ++b; });
+  op.append(0, "init", {});
+  EXPECT_EQ(a, 1);
+  EXPECT_EQ(b, 1);
+  op.unsubscribe(ida);
+  op.append(0, "spawn", {});
+  op.complete(op.record(), {});
+  EXPECT_EQ(a, 1);  // gone
+  EXPECT_EQ(b, 3);  // the append and the completion
+  EXPECT_TRUE(op.finished());
+}
+
 }  // namespace
 }  // namespace coppice::engine

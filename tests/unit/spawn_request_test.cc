@@ -172,5 +172,30 @@ TEST(Gzip, StreamChunksDecodeIndependently) {
   EXPECT_EQ(out, "hello world");
 }
 
+TEST(Gzip, SmallWindowStreamDecodesFrameByFrame) {
+  // The event-stream variant (4 KiB window): every frame decodes as soon as it arrives, also
+  // past the window's size.
+  GzipStream g(12, 5);
+  z_stream zs{};
+  ASSERT_EQ(inflateInit2(&zs, 31), Z_OK);
+  std::string want, got;
+  for (int i = 0; i < 200; ++i) {
+    std::string frame = "id: " + std::to_string(i) + "\nevent: stdout\ndata: {\"value\":\"" +
+                        std::string(static_cast<size_t>(i % 50), 'x') + "\"}\n\n";
+    want += frame;
+    std::string z = g.chunk(frame), out(64 << 10, '\0');
+    zs.next_in = reinterpret_cast<Bytef*>(z.data());
+    zs.avail_in = static_cast<uInt>(z.size());
+    zs.next_out = reinterpret_cast<Bytef*>(out.data());
+    zs.avail_out = static_cast<uInt>(out.size());
+    ASSERT_NE(inflate(&zs, Z_SYNC_FLUSH), Z_STREAM_ERROR);
+    out.resize(out.size() - zs.avail_out);
+    EXPECT_EQ(out, frame);
+    got += out;
+  }
+  inflateEnd(&zs);
+  EXPECT_EQ(got, want);
+}
+
 }  // namespace
 }  // namespace coppice::api
