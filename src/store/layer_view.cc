@@ -125,8 +125,10 @@ LayerView::Node LayerView::root_node() const {
     if (::lstat(layer_strs_[i].c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
       throw sys_error(fmt::format("layer {} is not a directory", layer_strs_[i]));
     if (i == 0) n.entry = make_entry(0, "", "/", st);
+    // No opaque check: overlayfs always merges the roots of all its layers (an opaque
+    // marker on a layer's root directory hides nothing in a sandbox), and this view shows
+    // what the sandbox sees. Found by fuzz/layer_view_fuzz.cc.
     n.contrib.push_back(i);
-    if (i + 1 < layers_.size() && is_opaque(layer_strs_[i])) break;
   }
   return n;
 }
@@ -216,7 +218,10 @@ std::vector<LayerView::Node> LayerView::list_node(const Node& dir) const {
 
   std::vector<Node> out;
   out.reserve(seen.size());
-  for (auto& [name, s] : seen) {
+  for (const auto& kv : seen) {
+    // Not a structured binding: clang 14 (the fuzz build) cannot capture one in a lambda.
+    const std::string& name = kv.first;
+    const Seen& s = kv.second;
     std::string path = join_path(dir.entry.path, name);
     std::string host = host_of(dir.contrib[s.k], path);
     struct stat st;

@@ -118,6 +118,19 @@ TEST_F(LayerViewTest, OpaqueDirHidesLowerContents) {
   EXPECT_EQ(names(v.list("/m")), (std::vector<std::string>{"mid", "top"}));
 }
 
+// overlayfs merges the roots of all its layers whatever their markers say, so a layer whose
+// root is opaque (an OCI `./.wh..wh..opq`) hides nothing in a sandbox, and the view shows the
+// same (found by fuzz/layer_view_fuzz.cc against a real overlay mount).
+TEST_F(LayerViewTest, OpaqueRootHidesNothingAsInOverlayfs) {
+  file(2, "etc/bottom", "b");
+  opaque(1, "");
+  file(1, "mid", "m");
+  file(0, "top", "t");
+  auto v = view();
+  EXPECT_EQ(names(v.list("/")), (std::vector<std::string>{"etc", "mid", "top"}));
+  EXPECT_EQ(cat(v, "/etc/bottom"), "b");
+}
+
 TEST_F(LayerViewTest, LowerNonDirUnderDirIsHidden) {
   file(2, "x", "file in bottom");
   file(1, "x/inner", "i");
