@@ -105,15 +105,16 @@ bool unpack(std::string_view bytes, const fs::path& dest, const coppice::store::
   }
 }
 
-void check_xattrs(const std::string& p, const struct stat& st) {
+// `name`: in the working directory; `p`: its path, for messages.
+void check_xattrs(const std::string& name_in_dir, const std::string& p, const struct stat& st) {
   char names[65536];
-  ssize_t n = ::llistxattr(p.c_str(), names, sizeof names);
+  ssize_t n = ::llistxattr(name_in_dir.c_str(), names, sizeof names);
   if (n < 0) return;
   for (ssize_t off = 0; off < n;) {
     std::string name(names + off);
     off += static_cast<ssize_t>(name.size()) + 1;
     char value[65536];
-    ssize_t len = ::lgetxattr(p.c_str(), name.c_str(), value, sizeof value);
+    ssize_t len = ::lgetxattr(name_in_dir.c_str(), name.c_str(), value, sizeof value);
     if (name == "user.overlay.opaque") {
       if (!S_ISDIR(st.st_mode) || len != 1 || value[0] != 'y') finding("bad opaque marker on " + p);
     } else if (name.rfind("user.overlay.", 0) == 0) {
@@ -130,32 +131,45 @@ void check_xattrs(const std::string& p, const struct stat& st) {
   }
 }
 
-void check_layer(const fs::path& dir) {
-  std::vector<std::string> todo{dir.string()};
-  while (!todo.empty()) {
-    std::string d = std::move(todo.back());
-    todo.pop_back();
-    DIR* dp = ::opendir(d.c_str());
-    if (!dp) finding("opendir " + d + ": " + std::strerror(errno));
-    while (struct dirent* de = ::readdir(dp)) {
-      std::string_view nm = de->d_name;
-      if (nm == "." || nm == "..") continue;
-      std::string p = d + "/" + std::string(nm);
-      struct stat st;
-      if (::lstat(p.c_str(), &st) != 0) finding("lstat " + p);
-      bool whiteout = S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0);
-      if ((S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) && !whiteout && !allowed("devices"))
-        finding("the layer holds a device node: " + p + " (" + std::to_string(major(st.st_rdev)) +
-                ":" + std::to_string(minor(st.st_rdev)) + ")");
-      if (st.st_uid < kShift || st.st_uid >= kShift + kRange || st.st_gid < kShift ||
-          st.st_gid >= kShift + kRange)
-        finding("layer entry " + p + " is owned by " + std::to_string(st.st_uid) + ":" +
-                std::to_string(st.st_gid) + ", outside the sandbox's range");
-      check_xattrs(p, st);
-      if (S_ISDIR(st.st_mode)) todo.push_back(p);
-    }
-    ::closedir(dp);
+// Walks the layer by directory fds, with the jail thread's working directory in the directory
+// being read (so xattrs are read by name): a layer's paths may be longer than PATH_MAX.
+void check_dir(int dirfd, const std::string& path) {
+  if (::fchdir(dirfd) != 0) finding("fchdir " + path);
+  int dup = ::openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  DIR* dp = dup < 0 ? nullptr : ::fdopendir(dup);
+  if (!dp) finding("opendir " + path + ": " + std::strerror(errno));
+  std::vector<std::string> subdirs;
+  while (struct dirent* de = ::readdir(dp)) {
+    std::string nm = de->d_name;
+    if (nm == "." || nm == "..") continue;
+    std::string p = path + "/" + nm;
+    struct stat st;
+    if (::fstatat(dirfd, nm.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) finding("lstat " + p);
+    bool whiteout = S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0);
+    if ((S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) && !whiteout && !allowed("devices"))
+      finding("the layer holds a device node: " + p + " (" + std::to_string(major(st.st_rdev)) +
+              ":" + std::to_string(minor(st.st_rdev)) + ")");
+    if (st.st_uid < kShift || st.st_uid >= kShift + kRange || st.st_gid < kShift ||
+        st.st_gid >= kShift + kRange)
+      finding("layer entry " + p + " is owned by " + std::to_string(st.st_uid) + ":" +
+              std::to_string(st.st_gid) + ", outside the sandbox's range");
+    check_xattrs(nm, p, st);
+    if (S_ISDIR(st.st_mode)) subdirs.push_back(nm);
   }
+  ::closedir(dp);
+  for (const auto& nm : subdirs) {
+    UniqueFd sub(::openat(dirfd, nm.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!sub) finding("open " + path + "/" + nm + ": " + std::strerror(errno));
+    check_dir(sub.get(), path + "/" + nm);
+    if (::fchdir(dirfd) != 0) finding("fchdir " + path);
+  }
+}
+
+void check_layer(const fs::path& dir) {
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) finding("open " + dir.string());
+  check_dir(fd.get(), dir.string());
+  if (::chdir("/") != 0) finding("chdir /");
 }
 
 // Reads the layers back the way inspect does; only Errors may come out.
