@@ -73,7 +73,9 @@ for t in "${TARGETS[@]}"; do
   cp fuzz/corpus/"$t"/* "$corpus"/
   seeds=$(find "$corpus" -type f | wc -l)
   rc=0
-  "$bin" "${opts[@]}" -max_total_time="$SECS" -print_final_stats=1 "$corpus" >"$log" 2>&1 || rc=$?
+  limit=(-max_total_time="$SECS")
+  [ "$SECS" -gt 0 ] || limit=(-runs=0)  # libFuzzer reads max_total_time=0 as "no limit"
+  "$bin" "${opts[@]}" "${limit[@]}" -print_final_stats=1 "$corpus" >"$log" 2>&1 || rc=$?
   runs=$(awk '/stat::number_of_executed_units/ {print $2}' "$log")
   eps=$(awk '/stat::average_exec_per_sec/ {print $2}' "$log")
   size=$(find "$corpus" -type f | wc -l)
