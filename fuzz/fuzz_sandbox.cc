@@ -158,9 +158,12 @@ void build(const std::vector<Bind>& binds_in, const std::string& cwd) {
   mount_scratch();
 
   State& s = state();
+  struct stat jail_root;
+  if (::lstat("/", &jail_root) != 0) fail("lstat /");
   for (const auto& p : made) {
     Stamp st{p, {}, 0};
     if (::lstat(p.c_str(), &st.st) != 0) fail("lstat " + p);
+    if (st.st.st_dev != jail_root.st_dev) continue;  // a mount point: the host's directory
     st.xattrs = ::llistxattr(p.c_str(), nullptr, 0);
     s.stamps.push_back(st);
   }
