@@ -14,7 +14,12 @@ DEB_PACKAGES := build-essential cmake ninja-build pkg-config git \
   docker-registry umoci skopeo apache2-utils runc zstd libedit2 tmux nodejs runsc python3-pip qemu-system-x86 linux-image-cloud-amd64 e2fsprogs strace \
   xfsprogs util-linux
 
-.PHONY: deps mcp-test-deps build run test unit integration asan bench bench-cli bench-oci bench-sdk bench-runtimes bench-http soak format clean
+# The fuzz build's compiler (clang 14 with its sanitizer and libFuzzer runtimes, and
+# llvm-symbolizer for readable reports); only `make fuzz` installs them.
+FUZZ_DEB_PACKAGES := clang libclang-rt-14-dev llvm
+FUZZ_SECONDS ?= 60
+
+.PHONY: deps mcp-test-deps build run test unit integration asan fuzz bench bench-cli bench-oci bench-sdk bench-runtimes bench-http soak format clean
 
 deps:
 	@./scripts/install-deps.sh $(DEB_PACKAGES)
@@ -50,6 +55,13 @@ asan: deps
 	ninja -C build-asan -j $(JOBS) coppice_unit_tests
 	build-asan/coppice_unit_tests
 
+# libFuzzer targets (fuzz/) under ASan+UBSan, built with clang in build-fuzz/: replays
+# fuzz/regressions/, then fuzzes each target for FUZZ_SECONDS on a copy of its seed corpus.
+# Fails on a crash. Run as root (the layer targets confine themselves in a mount namespace).
+fuzz: deps
+	@./scripts/install-deps.sh $(FUZZ_DEB_PACKAGES)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_JOBS=$(JOBS) ./scripts/fuzz.sh
+
 bench: build
 	./bench/run.sh $(BUILD)
 
@@ -76,4 +88,4 @@ format:
 	clang-format -i $$(git ls-files '*.cc' '*.h')
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-fuzz

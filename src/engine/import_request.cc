@@ -65,7 +65,12 @@ void validate_tag(const std::string& tag) {
   for (char c : tag)
     if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-' ||
           c == '/' || c == ':' || c == '@'))
-      throw bad_request(fmt::format("invalid character {} in tag", json(std::string(1, c)).dump()));
+      // Named by its code, not quoted as JSON: one byte of a UTF-8 sequence is not valid JSON
+      // text, and dump() would throw (a 500 instead of this 400).
+      throw bad_request(
+          std::isprint(static_cast<unsigned char>(c))
+              ? fmt::format("invalid character '{}' in tag", c)
+              : fmt::format("invalid byte 0x{:02x} in tag", static_cast<unsigned char>(c)));
 }
 
 ImportRequest parse_import_request(const json& body, int64_t max_timeout_s) {

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include "common/base64.h"
 #include "common/error.h"
 #include "engine/redact.h"
@@ -31,14 +33,19 @@ bool get_bool(const json& body, const char* name, bool def) {
   return v->get<bool>();
 }
 
+// A whole number that int64 holds (checked before any cast: casting 1e300 to int64 is
+// undefined behaviour; found by fuzz/spawn_request_fuzz.cc).
+bool whole_int64(double d) {
+  return d >= -0x1p63 && d < 0x1p63 && d == std::trunc(d);
+}
+
 int64_t get_int(const json& body, const char* name, int64_t def, int64_t lo, int64_t hi) {
   const json* v = field(body, name);
   if (!v) return def;
   int64_t n;
   if (v->is_number_integer()) {
     n = v->get<int64_t>();
-  } else if (v->is_number_float() &&
-             v->get<double>() == static_cast<double>(static_cast<int64_t>(v->get<double>()))) {
+  } else if (v->is_number_float() && whole_int64(v->get<double>())) {
     n = static_cast<int64_t>(v->get<double>());
   } else {
     throw bad_request(fmt::format("`{}` must be an integer", name));
@@ -175,6 +182,9 @@ SpawnRequest parse_spawn_request(const json& body, const SpawnLimits& limits) {
     for (const auto& x : *a) {
       if (!x.is_string()) throw bad_request("`args` must be an array of strings");
       r.args.push_back(x.get<std::string>());
+      // execve takes C strings: a NUL would silently cut the argument.
+      if (r.args.back().find('\0') != std::string::npos)
+        throw bad_request("`args` contains a NUL byte");
     }
     if (r.shell && !r.args.empty())
       throw bad_request("`args` must be empty when `shell` is true (put them in `command`)");
@@ -187,6 +197,8 @@ SpawnRequest parse_spawn_request(const json& body, const SpawnLimits& limits) {
       if (v.is_null()) {
         r.env[k] = std::nullopt;
       } else if (v.is_string()) {
+        if (v.get_ref<const std::string&>().find('\0') != std::string::npos)
+          throw bad_request(fmt::format("`env.{}` contains a NUL byte", k));
         r.env[k] = v.get<std::string>();
       } else {
         throw bad_request(fmt::format("`env.{}` must be a string or null", k));

@@ -11,10 +11,19 @@ using json = nlohmann::json;
 
 namespace {
 
+// The string `key` of object `j`; `def` when absent or null. A value of another type is a
+// 422 (json::value() would throw a type_error, which surfaces as a 500).
+std::string string_at(const json& j, const char* key, const char* what, std::string def = {}) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return def;
+  if (!it->is_string()) throw unprocessable(fmt::format("{}: `{}` is not a string", what, key));
+  return it->get<std::string>();
+}
+
 Descriptor parse_descriptor(const json& j, const char* what) {
   if (!j.is_object()) throw unprocessable(fmt::format("{}: descriptor is not an object", what));
   Descriptor d;
-  d.media_type = j.value("mediaType", std::string());
+  d.media_type = string_at(j, "mediaType", what);
   if (!j.contains("digest") || !j["digest"].is_string() ||
       !is_digest(j["digest"].get<std::string>()))
     throw unprocessable(
@@ -26,9 +35,9 @@ Descriptor parse_descriptor(const json& j, const char* what) {
   if (j.contains("platform") && j["platform"].is_object()) {
     const auto& p = j["platform"];
     Platform pl;
-    pl.os = p.value("os", std::string());
-    pl.architecture = p.value("architecture", std::string());
-    pl.variant = p.value("variant", std::string());
+    pl.os = string_at(p, "os", what);
+    pl.architecture = string_at(p, "architecture", what);
+    pl.variant = string_at(p, "variant", what);
     d.platform = pl;
   }
   return d;
@@ -136,7 +145,9 @@ LayerCompression layer_compression(const std::string& mt) {
 
 ImageManifest parse_manifest(const std::string& media_type, const json& body) {
   if (!body.is_object()) throw unprocessable("manifest is not a JSON object");
-  if (body.value("schemaVersion", 0) == 1)
+  // Compared as JSON: value("schemaVersion", 0) converts any number to int (undefined for
+  // 1e300) and throws for a string.
+  if (auto v = body.find("schemaVersion"); v != body.end() && v->is_number() && *v == 1)
     throw unprocessable("Docker schema 1 manifests are not supported (re-push the image)");
   ImageManifest m;
   m.media_type = manifest_media_type(media_type, body);
@@ -158,9 +169,9 @@ ImageManifest parse_manifest(const std::string& media_type, const json& body) {
 ImageConfig parse_image_config(const json& body) {
   if (!body.is_object()) throw unprocessable("image config is not a JSON object");
   ImageConfig c;
-  c.platform.os = body.value("os", std::string("linux"));
-  c.platform.architecture = body.value("architecture", std::string());
-  c.platform.variant = body.value("variant", std::string());
+  c.platform.os = string_at(body, "os", "image config", "linux");
+  c.platform.architecture = string_at(body, "architecture", "image config");
+  c.platform.variant = string_at(body, "variant", "image config");
   if (body.contains("config") && body["config"].is_object()) {
     const auto& cfg = body["config"];
     c.env = string_list(cfg.value("Env", json()));

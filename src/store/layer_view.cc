@@ -70,10 +70,17 @@ void validate_path(std::string_view path) {
   if (path.front() != '/') throw bad_request(fmt::format("path '{}' is not absolute", path));
 }
 
+// A failed call on a file of a layer. A host path longer than PATH_MAX (the layer directory's
+// path plus a deep image path) is the client's 400, as in child_node, not a server error.
+Error layer_error(const std::string& what, const std::string& host, int err = errno) {
+  if (err == ENAMETOOLONG) return bad_request("a path in the image is too long to read");
+  return sys_error(fmt::format("{} {}", what, host), err);
+}
+
 std::string read_link(const std::string& host) {
   char buf[PATH_MAX + 1];
   ssize_t n = ::readlink(host.c_str(), buf, sizeof buf - 1);
-  if (n < 0) throw sys_error(fmt::format("readlink {}", host));
+  if (n < 0) throw layer_error("readlink", host);
   return std::string(buf, static_cast<size_t>(n));
 }
 
@@ -125,8 +132,10 @@ LayerView::Node LayerView::root_node() const {
     if (::lstat(layer_strs_[i].c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
       throw sys_error(fmt::format("layer {} is not a directory", layer_strs_[i]));
     if (i == 0) n.entry = make_entry(0, "", "/", st);
+    // No opaque check: overlayfs always merges the roots of all its layers (an opaque
+    // marker on a layer's root directory hides nothing in a sandbox), and this view shows
+    // what the sandbox sees. Found by fuzz/layer_view_fuzz.cc.
     n.contrib.push_back(i);
-    if (i + 1 < layers_.size() && is_opaque(layer_strs_[i])) break;
   }
   return n;
 }
@@ -189,7 +198,7 @@ std::vector<LayerView::Node> LayerView::list_node(const Node& dir, size_t max_na
   for (size_t k = 0; k < dir.contrib.size(); ++k) {
     std::string host = host_of(dir.contrib[k], dir.entry.path);
     int fd = ::open(host.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) throw sys_error(fmt::format("open {}", host));
+    if (fd < 0) throw layer_error("open", host);
     DIR* d = ::fdopendir(fd);
     if (!d) {
       int err = errno;
@@ -222,13 +231,16 @@ std::vector<LayerView::Node> LayerView::list_node(const Node& dir, size_t max_na
 
   std::vector<Node> out;
   out.reserve(seen.size());
-  for (auto& [name, s] : seen) {
+  for (const auto& kv : seen) {
+    // Not a structured binding: clang 14 (the fuzz build) cannot capture one in a lambda.
+    const std::string& name = kv.first;
+    const Seen& s = kv.second;
     std::string path = join_path(dir.entry.path, name);
     std::string host = host_of(dir.contrib[s.k], path);
     struct stat st;
     if (::lstat(host.c_str(), &st) != 0) {
       if (errno == ENOENT) continue;  // raced away (layers should be immutable)
-      throw sys_error(fmt::format("lstat {}", host));
+      throw layer_error("lstat", host);
     }
     if (is_whiteout(st)) continue;
     Node n;
@@ -346,7 +358,7 @@ UniqueFd LayerView::open_file(std::string_view resolved_path) const {
   std::string rel = e.path.substr(1);
   long fd = ::syscall(SYS_openat2, root.get(), rel.c_str(), &how, sizeof how);
   if (fd < 0 && errno == ENOSYS) fd = ::openat(root.get(), rel.c_str(), flags);
-  if (fd < 0) throw sys_error(fmt::format("open {}", e.host_path.string()));
+  if (fd < 0) throw layer_error("open", e.host_path.string());
   UniqueFd out(static_cast<int>(fd));
   struct stat st;
   if (::fstat(out.get(), &st) != 0) throw sys_error("fstat");

@@ -118,6 +118,42 @@ TEST_F(LayerViewTest, OpaqueDirHidesLowerContents) {
   EXPECT_EQ(names(v.list("/m")), (std::vector<std::string>{"mid", "top"}));
 }
 
+// overlayfs merges the roots of all its layers whatever their markers say, so a layer whose
+// root is opaque (an OCI `./.wh..wh..opq`) hides nothing in a sandbox, and the view shows the
+// same (found by fuzz/layer_view_fuzz.cc against a real overlay mount).
+TEST_F(LayerViewTest, OpaqueRootHidesNothingAsInOverlayfs) {
+  file(2, "etc/bottom", "b");
+  opaque(1, "");
+  file(1, "mid", "m");
+  file(0, "top", "t");
+  auto v = view();
+  EXPECT_EQ(names(v.list("/")), (std::vector<std::string>{"etc", "mid", "top"}));
+  EXPECT_EQ(cat(v, "/etc/bottom"), "b");
+}
+
+// An image path that fits the API (< 4096 bytes) but whose host path (layer directory plus
+// image path) exceeds PATH_MAX: a clear 400, not a 500 (found by fuzz/layer_unpack_fuzz.cc).
+TEST_F(LayerViewTest, PathTooLongForTheHostIs400) {
+  UniqueFd d(::open(layers_[0].c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(d);
+  const std::string name(200, 'd');
+  std::string image_path;
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_EQ(::mkdirat(d.get(), name.c_str(), 0755), 0);
+    d = UniqueFd(::openat(d.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    ASSERT_TRUE(d);
+    image_path += "/" + name;
+  }
+  UniqueFd f(::openat(d.get(), std::string(70, 'f').c_str(), O_WRONLY | O_CREAT, 0644));
+  ASSERT_TRUE(f);
+  ASSERT_GT(layers_[0].string().size() + image_path.size() + 71, size_t{PATH_MAX});
+  auto v = view();
+  EXPECT_EQ(
+      status_of([&] { v.walk("/", [](const Entry&) { return LayerView::Walk::kContinue; }); }),
+      400);
+  EXPECT_EQ(status_of([&] { v.list(image_path); }), 400);
+}
+
 TEST_F(LayerViewTest, LowerNonDirUnderDirIsHidden) {
   file(2, "x", "file in bottom");
   file(1, "x/inner", "i");

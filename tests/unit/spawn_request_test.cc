@@ -118,6 +118,39 @@ TEST(SpawnRequest, ResourceAsksOverTheServerCapsAreRefusedByName) {
   EXPECT_THROW(parse_spawn_request(with({{"pids", 65536}}), SpawnLimits{}), Error);
 }
 
+// Found by fuzz/spawn_request_fuzz.cc: a float too large for int64 was cast before the range
+// check (undefined behaviour; UBSan aborts), and NUL bytes reached execve's C strings.
+TEST(SpawnRequest, RejectsHugeFloatsAndNulBytes) {
+  auto bad = [](json j) {
+    try {
+      parse_spawn_request(j, {});
+    } catch (const Error& e) {
+      return e.status();
+    }
+    return 0;
+  };
+  json base = {{"command", "x"}, {"image", "x"}};
+  for (const char* f : {"uid", "gid", "timeout", "truncate_output_at"})
+    for (double v : {1e300, -1e300, 9223372036854775808.0, 1.5}) {
+      json j = base;
+      j[f] = v;
+      EXPECT_EQ(bad(j), 400) << f << "=" << v;
+    }
+  json rl = base;
+  rl["resources_limits"] = {{"max_layer_bytes", 1e19}};
+  EXPECT_EQ(bad(rl), 400);
+  json ok = base;
+  ok["timeout"] = 30.0;
+  EXPECT_EQ(parse_spawn_request(ok, {}).timeout_s, 30);
+
+  json args = base;
+  args["args"] = {std::string("a\0b", 3)};
+  EXPECT_EQ(bad(args), 400);
+  json env = base;
+  env["env"] = {{"A", std::string("a\0b", 3)}};
+  EXPECT_EQ(bad(env), 400);
+}
+
 TEST(SpawnRequest, StdinBase64AndPathNormalization) {
   auto r = parse_spawn_request({{"command", "cat"},
                                 {"image", "x"},
