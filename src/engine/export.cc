@@ -13,6 +13,7 @@
 #include "common/error.h"
 #include "common/ids.h"
 #include "engine/engine.h"
+#include "engine/operation_util.h"
 
 namespace coppice::engine {
 
@@ -79,12 +80,7 @@ OperationRecord Engine::export_image(const std::string& project, const std::stri
                               "{} ({} MiB free, {} MiB needed)",
                               img->uuid, free_bytes >> 20, (cfg_.min_free_bytes + bytes) >> 20));
   }
-  OperationRecord rec;
-  rec.uuid = new_uuid();
-  rec.project = project;
-  rec.kind = "image_export";
-  rec.status = "PENDING";
-  rec.created_us = now_us();
+  OperationRecord rec = new_operation(project, "image_export");
   rec.image_uuid = img->uuid;
   rec.metadata = {{"image", img->uuid},
                   {"timeout", timeout_s},
@@ -102,12 +98,8 @@ void Engine::run_export(const std::shared_ptr<LiveOperation>& op, const ImageRec
   expire_exports();
   const OperationRecord rec0 = op->record();
   op->set_status("EXECUTING");
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
-  bool timed_out = false;
-  oci::AbortCheck abort = [&] {
-    if (std::chrono::steady_clock::now() > deadline) timed_out = true;
-    return timed_out || op->cancel_token().cancelled();
-  };
+  TransferAbort stop(*op, timeout_s);
+  oci::AbortCheck abort = [&] { return stop(); };
   try {
     auto archive = std::make_shared<ExportArchive>();
     archive->dir = std::make_shared<TempDir>(layers_.tmp_path("export-" + rec0.uuid));
@@ -153,7 +145,7 @@ void Engine::run_export(const std::shared_ptr<LiveOperation>& op, const ImageRec
         },
         std::nullopt);
   } catch (const Error& e) {
-    finish_failed_transfer(op, e, timed_out, timeout_s);
+    finish_failed_transfer(op, e, stop.timed_out(), timeout_s);
   } catch (const std::exception& e) {
     finish_failed_transfer(op, Error(500, e.what()), false, timeout_s);
   }
