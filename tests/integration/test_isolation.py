@@ -120,8 +120,10 @@ def test_inspect_paths_resolve_inside_the_image(client, busybox):
 
 def test_loopback_works_but_network_config_is_locked(client, busybox):
     out = run_out(client, busybox,
-                  "nc -l -p 80 > /tmp/got & sleep 0.3; echo hello | nc -w 1 127.0.0.1 80; "
-                  "sleep 0.2; cat /tmp/got; ip link add dummy0 type dummy 2>/dev/null; "
+                  # Until the listener is up (a fixed sleep was flaky on a loaded machine).
+                  "nc -l -p 80 > /tmp/got & i=0; while [ $i -lt 100 ]; do "
+                  "echo hello | nc -w 1 127.0.0.1 80 2>/dev/null && break; i=$((i+1)); "
+                  "sleep 0.1; done; sleep 0.2; cat /tmp/got; ip link add dummy0 type dummy 2>/dev/null; "
                   "echo rc=$?; ip addr add 10.9.9.9/24 dev lo 2>/dev/null; echo rc=$?")
     lines = out.splitlines()
     assert lines[0] == "hello"  # a server on a privileged port, reached over lo
