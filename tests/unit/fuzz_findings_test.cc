@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "engine/import_request.h"
+#include "error_status.h"
 #include "oci/manifest.h"
 
 namespace coppice {
@@ -17,16 +18,7 @@ namespace {
 using json = nlohmann::json;
 
 // The status of the coppice::Error `f` throws; 0 when it returns, -1 for any other exception.
-int status_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.status();
-  } catch (const std::exception&) {
-    return -1;
-  }
-  return 0;
-}
+using coppice::testing::status_of;
 
 json manifest() {
   return {{"schemaVersion", 2},

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/fsutil.h"
 #include "common/ids.h"
+#include "error_status.h"
 #include "mcp/file_root.h"
 #include "mcp/http_guard.h"
 
@@ -19,14 +20,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-int status_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.status();
-  }
-  return 0;
-}
+using coppice::testing::status_of;
 
 std::string slurp(const fs::path& p) {
   std::ifstream in(p);

@@ -20,6 +20,7 @@
 #include "common/fd.h"
 #include "common/fsutil.h"
 #include "common/sha256.h"
+#include "error_status.h"
 #include "oci/layer_pack.h"
 #include "oci/layer_unpack.h"
 #include "oci/manifest.h"
@@ -32,14 +33,7 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-int status_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.status();
-  }
-  return 0;
-}
+using coppice::testing::status_of;
 
 TEST(Reference, Forms) {
   auto r = parse_reference("busybox");
